@@ -1,0 +1,101 @@
+"""``python -m gateway``: run the gateway alone (``make run`` starts it beside the sidecar)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import uvicorn
+from pydantic import ValidationError
+
+from gateway.settings import GatewaySettings
+from shared_schema.settings_types import describe_settings_error
+
+
+class _Server(uvicorn.Server):
+    """Uvicorn, except that a requested stop (SIGTERM/SIGINT) ends in exit code 0.
+
+    Uvicorn re-raises the captured signal after its graceful shutdown, so the
+    process would die "by SIGTERM"; supervisors and systemd read that as a
+    failure.  Here the same handlers run, and the signal is not re-raised.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def parse_args(argv: list[str] | None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(
+        prog="python -m gateway",
+        description="MCP tool gateway: /mcp (Streamable HTTP), the REST face, and the bridge to the P2P sidecar. "
+        "Every option also has a GATEWAY_* environment variable (see the README); options win.",
+    )
+    parser.add_argument("--host", help="bind address (GATEWAY_HOST, default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="HTTP port (GATEWAY_PORT, default 8000)")
+    parser.add_argument("--bridge-endpoint", help="sidecar endpoint, tcp:// or ipc:// (GATEWAY_BRIDGE_ENDPOINT)")
+    parser.add_argument("--no-bridge", action="store_true", help="run without a sidecar (GATEWAY_BRIDGE_ENABLED=false)")
+    parser.add_argument("--tool-dirs", help="comma-separated tool directories (GATEWAY_TOOL_DIRS)")
+    parser.add_argument("--log-level", help="critical, error, warning, info or debug (GATEWAY_LOG_LEVEL)")
+    args = parser.parse_args(argv)
+    overrides: dict[str, Any] = {
+        "host": args.host,
+        "port": args.port,
+        "bridge_endpoint": args.bridge_endpoint,
+        "tool_dirs": args.tool_dirs,
+        "log_level": args.log_level,
+    }
+    if args.no_bridge:
+        overrides["bridge_enabled"] = False
+    return {key: value for key, value in overrides.items() if value is not None}
+
+
+def load_settings(argv: list[str] | None = None) -> GatewaySettings:
+    overrides = parse_args(argv)
+    try:
+        return GatewaySettings(**overrides)
+    except ValidationError as exc:
+        print(describe_settings_error(exc, "GATEWAY_"), file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings = load_settings(argv)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s gateway %(name)s: %(message)s"
+    )
+    from gateway.app import create_app  # after logging is set up: importing the app is the slow part
+
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=settings.graceful_shutdown_seconds,
+        log_config=None,
+    )
+    server = _Server(config)
+    server.run()
+    if not server.started:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()

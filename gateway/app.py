@@ -1,0 +1,136 @@
+"""Assemble the gateway: registry, bridge, router, MCP server, REST face, health, metrics.
+
+``create_app`` is the composition root; nothing is built at import time.  The
+lifespan nests what must outlive what: the bridge is up before MCP sessions
+start and is closed after they end.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.routing import Route
+
+from gateway import __version__
+from gateway.bridge_client import BridgeClient
+from gateway.mcp_server import GatewayMCP
+from gateway.metrics import GatewayMetrics
+from gateway.registry import ToolRegistry
+from gateway.rest import build_rest_router
+from gateway.router import RuntimeRouter
+from gateway.security import BearerAuth, HostOriginGuard
+from gateway.settings import GatewaySettings
+from gateway.tools import register_builtin_tools, register_meta_tools
+
+log = logging.getLogger(__name__)
+
+MCP_PATH = "/mcp"
+
+
+class Gateway:
+    """The parts of one gateway, reachable from tests and the app's handlers."""
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self.metrics = GatewayMetrics()
+        self.registry = ToolRegistry()
+        self.bridge: BridgeClient | None = None
+        if settings.bridge_enabled:
+            self.bridge = BridgeClient(
+                settings,
+                self.metrics,
+                on_catalog=self.registry.replace_remote,
+                on_inbound_call=lambda envelope: self.router.serve_inbound(envelope),
+                hello_body=self._hello_body,
+            )
+        self.router = RuntimeRouter(self.registry, self.bridge, self.metrics, timeout_cap=settings.call_timeout_cap)
+        register_builtin_tools(self.registry)
+        register_meta_tools(self.registry, self.router)
+        self.mcp = GatewayMCP(self.registry, self.router, max_body_bytes=4 * 1024 * 1024)
+        self.registry.on_change(self._count_tools)
+        self._count_tools()
+
+    def _hello_body(self) -> dict[str, Any]:
+        local = sorted(spec.name for spec in self.registry.specs() if self.registry.local_tool(spec.name))
+        return {"role": "gateway", "version": __version__, "pid": os.getpid(), "local_tools": local}
+
+    def _count_tools(self) -> None:
+        specs = self.registry.specs()
+        p2p = sum(1 for spec in specs if self.registry.local_tool(spec.name) is None)
+        self.metrics.catalog_tools.labels("p2p").set(p2p)
+        self.metrics.catalog_tools.labels("local").set(len(specs) - p2p)
+
+    @property
+    def ready(self) -> bool:
+        return self.bridge is None or self.bridge.available
+
+    def health(self) -> dict[str, Any]:
+        bridge: dict[str, Any] = {"enabled": self.bridge is not None}
+        if self.bridge is not None:
+            bridge.update(
+                state=self.bridge.state.value,
+                reason=self.bridge.state_reason,
+                endpoint=self.settings.bridge_endpoint,
+                sidecar=self.bridge.sidecar_info,
+            )
+        return {
+            "status": "ok",
+            "version": __version__,
+            "ready": self.ready,
+            "tools": len(self.registry),
+            "bridge": bridge,
+        }
+
+    @asynccontextmanager
+    async def lifespan(self, _app: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            if self.bridge is not None:
+                await stack.enter_async_context(self.bridge.running())
+            await stack.enter_async_context(self.mcp.running())
+            log.info("gateway ready to serve (%d tools)", len(self.registry))
+            yield
+
+
+def create_app(settings: GatewaySettings, gateway: Gateway | None = None) -> FastAPI:
+    gateway = gateway or Gateway(settings)
+    app = FastAPI(
+        title="mcp-p2p gateway",
+        version=__version__,
+        lifespan=gateway.lifespan,
+        description="MCP tool server: local tools plus P2P tools served by the libp2p sidecar.",
+    )
+    app.state.gateway = gateway
+
+    @app.get("/health", tags=["health"], summary="Liveness: the process answers")
+    async def health() -> dict[str, Any]:
+        return gateway.health()
+
+    @app.get(
+        "/health/ready",
+        tags=["health"],
+        summary="Readiness: the bridge has a live sidecar (or none is configured)",
+        responses={503: {"description": "not ready"}},
+    )
+    async def ready() -> Response:
+        status = 200 if gateway.ready else 503
+        return Response(json.dumps(gateway.health()), status_code=status, media_type="application/json")
+
+    @app.get("/metrics", tags=["health"], summary="Prometheus metrics")
+    async def metrics() -> Response:
+        return Response(gateway.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    app.include_router(build_rest_router(gateway.registry, gateway.router))
+    app.router.routes.append(Route(MCP_PATH, endpoint=gateway.mcp.asgi_app, methods=["GET", "POST", "DELETE"]))
+
+    app.add_middleware(HostOriginGuard, path=MCP_PATH, hosts=settings.allowed_hosts, origins=settings.allowed_origins)
+    if settings.auth_token is not None:
+        app.add_middleware(BearerAuth, token=settings.auth_token.get_secret_value())
+    return app

@@ -1,0 +1,306 @@
+"""The gateway's end of the bridge: an asyncio ZeroMQ DEALER talking to the sidecar's ROUTER.
+
+One object owns the socket and its three tasks (reader, connection monitor,
+heartbeat), all started and cancelled by ``running()``, which the FastAPI
+lifespan enters.  Calls are correlated by id and bounded in number; each has
+a deadline.  The connection's life is tracked in ``state``:
+
+    DOWN --handshake--> CONNECTING --CATALOG--> UP --silence--> STALE --PONG--> UP
+      ^                                          |
+      +---------------- disconnect --------------+   (from any state)
+
+Only UP accepts calls.  Leaving UP fails every pending call at once with
+"unavailable", so no caller waits for a sidecar that is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, suppress
+from enum import StrEnum
+from typing import Any
+
+import anyio
+import zmq
+import zmq.asyncio
+from pydantic import ValidationError
+from zmq.utils.monitor import parse_monitor_message
+
+from gateway.metrics import GatewayMetrics
+from gateway.settings import GatewaySettings
+from shared_schema import BridgeError, DecodeError, Envelope, ErrorCode, ErrorInfo, Kind, ToolSpec, decode, encode
+
+log = logging.getLogger(__name__)
+
+InboundHandler = Callable[[Envelope], Awaitable[Envelope]]
+CatalogHandler = Callable[[list[ToolSpec]], None]
+
+
+class SidecarState(StrEnum):
+    DOWN = "down"
+    CONNECTING = "connecting"
+    UP = "up"
+    STALE = "stale"
+
+
+class BridgeClient:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        metrics: GatewayMetrics,
+        *,
+        on_catalog: CatalogHandler,
+        on_inbound_call: InboundHandler,
+        hello_body: Callable[[], dict[str, Any]],
+    ) -> None:
+        self._settings = settings
+        self._metrics = metrics
+        self._on_catalog = on_catalog
+        self._on_inbound_call = on_inbound_call
+        self._hello_body = hello_body
+        self._max_frame = settings.bridge_max_frame_bytes
+        self._pending: dict[str, asyncio.Future[Envelope]] = {}
+        self._inbound: set[asyncio.Task[None]] = set()
+        self._ids = itertools.count(1)
+        self._id_prefix = os.urandom(4).hex() + "-"
+        self._sock: zmq.asyncio.Socket | None = None
+        self._last_inbound = 0.0
+        self._catalog_revision: Any = None
+        self.state = SidecarState.DOWN
+        self.state_reason = "not connected yet"
+        self.sidecar_info: dict[str, Any] = {}
+        self.state_changed = asyncio.Event()
+        metrics.bridge_in_flight.set_function(lambda: len(self._pending))
+
+    # -- lifecycle ----------------------------------------------------------
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[BridgeClient]:
+        context = zmq.asyncio.Context()
+        sock = context.socket(zmq.DEALER)
+        hwm = max(1000, 4 * self._settings.bridge_max_in_flight)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.IMMEDIATE, 1)  # never queue calls for a sidecar that is not there
+        sock.setsockopt(zmq.RECONNECT_IVL, 100)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        sock.setsockopt(zmq.SNDHWM, hwm)
+        sock.setsockopt(zmq.RCVHWM, hwm)
+        sock.setsockopt(zmq.MAXMSGSIZE, 4 * self._max_frame)  # hard memory guard; the codec enforces the limit
+        monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+        sock.connect(self._settings.bridge_endpoint)
+        self._sock = sock
+        tasks = [
+            asyncio.create_task(self._read_loop(sock), name="bridge-reader"),
+            asyncio.create_task(self._monitor_loop(monitor), name="bridge-monitor"),
+            asyncio.create_task(self._heartbeat_loop(), name="bridge-heartbeat"),
+        ]
+        log.info("bridge connecting to %s", self._settings.bridge_endpoint)
+        try:
+            yield self
+        finally:
+            self._set_state(SidecarState.DOWN, "gateway shutting down")
+            for task in [*tasks, *self._inbound]:
+                task.cancel()
+            await asyncio.gather(*tasks, *self._inbound, return_exceptions=True)
+            self._sock = None
+            with suppress(zmq.ZMQError):
+                sock.disable_monitor()
+            monitor.close(linger=0)
+            sock.close(linger=0)
+            context.term()
+
+    # -- calls out to the sidecar -------------------------------------------
+    @property
+    def available(self) -> bool:
+        return self.state is SidecarState.UP
+
+    async def call(self, tool: str, arguments: dict[str, Any], *, timeout: float, trace_id: str | None = None) -> Any:
+        """Run a P2P tool in the sidecar and return its result, or raise ``BridgeError``."""
+        if self.state is not SidecarState.UP:
+            raise BridgeError(ErrorCode.UNAVAILABLE, f"P2P sidecar unavailable ({self.state_reason})")
+        if len(self._pending) >= self._settings.bridge_max_in_flight:
+            raise BridgeError(
+                ErrorCode.BUSY, f"P2P sidecar busy: {len(self._pending)} calls already in flight, try again shortly"
+            )
+        call_id = f"{self._id_prefix}{next(self._ids):x}"
+        envelope = Envelope(
+            Kind.CALL, id=call_id, deadline=time.time() + timeout, tool=tool, arguments=arguments, trace_id=trace_id
+        )
+        try:
+            frame = encode(envelope)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise BridgeError(ErrorCode.INVALID_ARGUMENTS, f"arguments cannot be sent to the sidecar: {exc}") from None
+        if len(frame) > self._max_frame:
+            raise BridgeError(
+                ErrorCode.TOO_LARGE, f"call of {len(frame)} bytes exceeds the bridge frame limit of {self._max_frame}"
+            )
+        future: asyncio.Future[Envelope] = asyncio.get_running_loop().create_future()
+        self._pending[call_id] = future
+        try:
+            if not self._send(frame):
+                raise BridgeError(ErrorCode.UNAVAILABLE, "P2P sidecar unavailable (bridge is not accepting frames)")
+            try:
+                with anyio.fail_after(timeout):
+                    reply = await future
+            except TimeoutError:
+                self._send(encode(Envelope(Kind.CANCEL, id=call_id)))
+                raise BridgeError(
+                    ErrorCode.TIMEOUT, f"P2P tool {tool!r} did not answer within {timeout:.3g}s", {"call_id": call_id}
+                ) from None
+        finally:
+            self._pending.pop(call_id, None)
+        if reply.kind is Kind.RESULT:
+            return reply.result
+        raise BridgeError.from_info(reply.error or ErrorInfo(ErrorCode.INTERNAL, "sidecar sent an empty error"))
+
+    def _send(self, frame: bytes) -> bool:
+        """Queue one frame without waiting; False when ZeroMQ refuses (no live connection, or full)."""
+        sock = self._sock
+        if sock is None:
+            return False
+        sent = sock.send(frame, zmq.NOBLOCK)
+        if sent.done() and sent.exception() is not None:
+            log.debug("bridge send refused: %s", sent.exception())
+            return False
+        return True
+
+    # -- state --------------------------------------------------------------
+    def _set_state(self, state: SidecarState, reason: str) -> None:
+        if state is self.state and reason == self.state_reason:
+            return
+        previous, self.state, self.state_reason = self.state, state, reason
+        self._metrics.bridge_up.set(1 if state is SidecarState.UP else 0)
+        if previous is not state:
+            log.info("bridge %s -> %s (%s)", previous.value, state.value, reason)
+        if state is not SidecarState.UP and previous is SidecarState.UP:
+            self._fail_pending(f"P2P sidecar unavailable ({reason})")
+        self.state_changed.set()
+        self.state_changed = asyncio.Event()
+
+    def _fail_pending(self, message: str) -> None:
+        for call_id, future in list(self._pending.items()):
+            if not future.done():
+                future.set_exception(BridgeError(ErrorCode.UNAVAILABLE, message, {"call_id": call_id}))
+
+    async def wait_until(self, state: SidecarState, timeout: float) -> bool:
+        """For tests and start-up scripts: wait for ``state`` up to ``timeout`` seconds."""
+        with anyio.move_on_after(timeout):
+            while self.state is not state:
+                await self.state_changed.wait()
+            return True
+        return False
+
+    # -- tasks ----------------------------------------------------------------
+    async def _monitor_loop(self, monitor: zmq.asyncio.Socket) -> None:
+        while True:
+            event = parse_monitor_message(await monitor.recv_multipart())
+            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._metrics.bridge_connects.inc()
+                self._last_inbound = time.monotonic()
+                self._set_state(SidecarState.CONNECTING, "connected, waiting for the catalog")
+                self._send_hello()
+            elif event["event"] == zmq.EVENT_DISCONNECTED:
+                self._set_state(SidecarState.DOWN, "connection to the sidecar was lost")
+
+    def _send_hello(self) -> None:
+        self._send(encode(Envelope(Kind.HELLO, body=self._hello_body())))
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self._settings.bridge_heartbeat_interval
+        timeout = self._settings.bridge_heartbeat_timeout
+        while True:
+            await asyncio.sleep(interval)
+            if self.state is SidecarState.DOWN:
+                continue
+            silent_for = time.monotonic() - self._last_inbound
+            if self.state is SidecarState.CONNECTING:
+                self._send_hello()  # the catalog may have been lost; asking again is harmless
+            elif self.state is SidecarState.UP and silent_for > timeout:
+                self._set_state(SidecarState.STALE, f"no answer to heartbeats for {silent_for:.1f}s")
+            self._send(encode(Envelope(Kind.PING)))
+
+    async def _read_loop(self, sock: zmq.asyncio.Socket) -> None:
+        while True:
+            frames = await sock.recv_multipart(copy=True)
+            self._last_inbound = time.monotonic()
+            if len(frames) != 1:
+                self._drop("multipart", f"expected one frame, got {len(frames)}")
+                continue
+            try:
+                envelope = decode(frames[0], self._max_frame)
+            except DecodeError as exc:
+                self._drop(exc.reason, str(exc))
+                if exc.envelope_id and exc.envelope_id in self._pending:
+                    future = self._pending[exc.envelope_id]
+                    if not future.done():
+                        future.set_exception(
+                            BridgeError(ErrorCode.BAD_FRAME, f"sidecar sent an undecodable reply: {exc}")
+                        )
+                continue
+            self._dispatch(envelope)
+
+    def _dispatch(self, envelope: Envelope) -> None:
+        kind = envelope.kind
+        if kind is Kind.RESULT or kind is Kind.ERROR:
+            future = self._pending.get(envelope.id)
+            if future is None or future.done():
+                self._drop("late_reply", f"reply for unknown or finished call {envelope.id!r}")
+            else:
+                future.set_result(envelope)
+        elif kind is Kind.CALL:
+            self._start_inbound(envelope)
+        elif kind is Kind.CATALOG:
+            self._install_catalog(envelope.body or {})
+        elif kind is Kind.PONG:
+            revision = (envelope.body or {}).get("revision")
+            if self.state is SidecarState.STALE:
+                self._set_state(SidecarState.UP, "heartbeats answered again")
+            if revision != self._catalog_revision and self.state is SidecarState.UP:
+                self._send_hello()  # the catalog changed and we missed the push
+        elif kind is Kind.PING:
+            self._send(encode(Envelope(Kind.PONG, id=envelope.id)))
+        elif kind is Kind.CANCEL:
+            pass  # inbound calls are short and bounded by their own deadline
+        else:
+            self._drop("unexpected_kind", f"the gateway does not accept {kind.value!r} frames")
+
+    def _drop(self, reason: str, detail: str) -> None:
+        self._metrics.bridge_frames_dropped.labels(reason).inc()
+        log.warning("bridge frame dropped (%s): %s", reason, detail)
+
+    def _install_catalog(self, body: dict[str, Any]) -> None:
+        specs: list[ToolSpec] = []
+        for raw in body.get("tools") or []:
+            try:
+                specs.append(ToolSpec.from_wire(raw))
+            except ValidationError as exc:
+                self._drop("bad_catalog_entry", f"{raw.get('name') if isinstance(raw, dict) else raw!r:.80}: {exc}")
+        self._catalog_revision = body.get("revision")
+        self.sidecar_info = body.get("node") if isinstance(body.get("node"), dict) else {}
+        self._on_catalog(specs)
+        self._set_state(SidecarState.UP, f"catalog of {len(specs)} tools received")
+
+    # -- calls in from the sidecar (remote peers) -------------------------------
+    def _start_inbound(self, envelope: Envelope) -> None:
+        if len(self._inbound) >= self._settings.max_inbound_calls:
+            self._metrics.inbound_calls.labels(ErrorCode.BUSY.value).inc()
+            self._send(encode(envelope.fail(ErrorInfo(ErrorCode.BUSY, "gateway busy with inbound calls"))))
+            return
+        task = asyncio.create_task(self._serve_inbound(envelope), name=f"inbound-{envelope.tool}")
+        self._inbound.add(task)
+        task.add_done_callback(self._inbound.discard)
+
+    async def _serve_inbound(self, envelope: Envelope) -> None:
+        reply = await self._on_inbound_call(envelope)
+        try:
+            frame = encode(reply)
+        except (TypeError, ValueError, OverflowError) as exc:
+            frame = encode(envelope.fail(ErrorInfo(ErrorCode.TOOL_ERROR, f"result is not serialisable: {exc}")))
+        if len(frame) > self._max_frame:
+            frame = encode(envelope.fail(ErrorInfo(ErrorCode.TOO_LARGE, "result exceeds the bridge frame limit")))
+        self._metrics.inbound_calls.labels("ok" if reply.kind is Kind.RESULT else reply.error.code.value).inc()  # type: ignore[union-attr]
+        self._send(frame)

@@ -1,0 +1,52 @@
+"""The one table that turns a ``BridgeError`` into each face's error shape.
+
+    code               REST status   JSON-RPC (/mcp and /mcp/tools/call)
+    unknown_tool       404           -32602 on /mcp (the MCP spec), -32601 on the seed's REST face
+    invalid_arguments  422           -32602
+    everything else    see below     a tool result with isError: true
+
+A tool that ran and failed, timed out, or could not reach the sidecar is an
+error *result* in MCP terms, so the model sees the message; only requests the
+server could not even accept are JSON-RPC protocol errors.
+"""
+
+from __future__ import annotations
+
+from shared_schema import ErrorCode
+
+JSONRPC_PARSE_ERROR = -32700
+JSONRPC_INVALID_REQUEST = -32600
+JSONRPC_METHOD_NOT_FOUND = -32601
+JSONRPC_INVALID_PARAMS = -32602
+JSONRPC_INTERNAL_ERROR = -32603
+JSONRPC_SERVER_ERROR = -32000
+
+HTTP_STATUS: dict[ErrorCode, int] = {
+    ErrorCode.UNKNOWN_TOOL: 404,
+    ErrorCode.INVALID_ARGUMENTS: 422,
+    ErrorCode.TOO_LARGE: 413,
+    ErrorCode.FORBIDDEN: 403,
+    ErrorCode.BUSY: 503,
+    ErrorCode.UNAVAILABLE: 503,
+    ErrorCode.TIMEOUT: 504,
+    ErrorCode.CANCELLED: 499,
+    ErrorCode.TOOL_ERROR: 500,
+    ErrorCode.BAD_FRAME: 502,
+    ErrorCode.VERSION_MISMATCH: 502,
+    ErrorCode.INTERNAL: 500,
+}
+
+RETRYABLE: frozenset[ErrorCode] = frozenset({ErrorCode.BUSY, ErrorCode.UNAVAILABLE})
+"""Codes a client may retry after a short wait; the REST face adds ``Retry-After``."""
+
+MCP_PROTOCOL_ERRORS: dict[ErrorCode, int] = {
+    ErrorCode.UNKNOWN_TOOL: JSONRPC_INVALID_PARAMS,
+    ErrorCode.INVALID_ARGUMENTS: JSONRPC_INVALID_PARAMS,
+}
+"""On /mcp these become JSON-RPC errors; every other code is an ``isError`` tool result."""
+
+REST_JSONRPC_ERRORS: dict[ErrorCode, int] = {
+    ErrorCode.UNKNOWN_TOOL: JSONRPC_METHOD_NOT_FOUND,
+    ErrorCode.INVALID_ARGUMENTS: JSONRPC_INVALID_PARAMS,
+}
+"""The seed's ``/mcp/tools/call`` answered unknown tools with -32601; kept for its users."""

@@ -1,0 +1,58 @@
+"""Prometheus metrics of one gateway instance.
+
+Each app gets its own ``CollectorRegistry`` (not the process-global one) so
+that several apps in one process, as in tests, never collide.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.tool_calls = Counter(
+            "gateway_tool_calls_total",
+            "Tool calls by runtime and outcome (ok or an error code).",
+            ["runtime", "outcome"],
+            registry=self.registry,
+        )
+        self.tool_latency = Histogram(
+            "gateway_tool_call_seconds",
+            "Tool call latency seen by the gateway, by runtime.",
+            ["runtime"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.bridge_up = Gauge(
+            "gateway_bridge_up", "1 while a sidecar is connected and answering heartbeats.", registry=self.registry
+        )
+        self.bridge_in_flight = Gauge(
+            "gateway_bridge_in_flight", "P2P calls waiting for the sidecar.", registry=self.registry
+        )
+        self.bridge_frames_dropped = Counter(
+            "gateway_bridge_frames_dropped_total",
+            "Bridge frames dropped because they could not be decoded or were unexpected.",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.bridge_connects = Counter(
+            "gateway_bridge_connects_total",
+            "Times the bridge connection to the sidecar came up.",
+            registry=self.registry,
+        )
+        self.inbound_calls = Counter(
+            "gateway_inbound_calls_total",
+            "Calls the sidecar made into this gateway's local tools, by outcome.",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.catalog_tools = Gauge(
+            "gateway_catalog_tools", "Tools known to the gateway, by runtime.", ["runtime"], registry=self.registry
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

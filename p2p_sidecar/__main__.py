@@ -1,0 +1,64 @@
+"""``python -m p2p_sidecar``: run the sidecar alone (``make run`` starts it beside the gateway)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+import trio
+from pydantic import ValidationError
+
+from p2p_sidecar.settings import SidecarSettings
+from shared_schema.settings_types import describe_settings_error
+
+
+def parse_args(argv: list[str] | None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(
+        prog="python -m p2p_sidecar",
+        description="P2P sidecar: a Trio process owning the libp2p node, serving P2P tools to gateways over the "
+        "ZeroMQ bridge. Every option also has a SIDECAR_* environment variable (see the README); options win.",
+    )
+    parser.add_argument("--bridge-endpoint", help="endpoint to bind, tcp:// or ipc:// (SIDECAR_BRIDGE_ENDPOINT)")
+    parser.add_argument("--admin-host", help="admin HTTP bind address (SIDECAR_ADMIN_HOST, default 127.0.0.1)")
+    parser.add_argument("--admin-port", type=int, help="admin HTTP port (SIDECAR_ADMIN_PORT, default 8002)")
+    parser.add_argument("--data-dir", help="state directory (SIDECAR_DATA_DIR)")
+    parser.add_argument("--log-level", help="critical, error, warning, info or debug (SIDECAR_LOG_LEVEL)")
+    args = parser.parse_args(argv)
+    overrides = {
+        "bridge_endpoint": args.bridge_endpoint,
+        "admin_host": args.admin_host,
+        "admin_port": args.admin_port,
+        "data_dir": args.data_dir,
+        "log_level": args.log_level,
+    }
+    return {key: value for key, value in overrides.items() if value is not None}
+
+
+def load_settings(argv: list[str] | None = None) -> SidecarSettings:
+    overrides = parse_args(argv)
+    try:
+        return SidecarSettings(**overrides)
+    except ValidationError as exc:
+        print(describe_settings_error(exc, "SIDECAR_"), file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings = load_settings(argv)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s sidecar %(name)s: %(message)s"
+    )
+    from p2p_sidecar.bridge_server import BridgeStartupError
+    from p2p_sidecar.main import SidecarStartupError, run
+
+    try:
+        trio.run(run, settings)
+    except (SidecarStartupError, BridgeStartupError) as exc:
+        print(f"sidecar cannot start: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,342 @@
+"""The sidecar's end of the bridge: a ZeroMQ ROUTER served from Trio.
+
+Gateways connect (DEALER), say HELLO and get the catalog; their CALLs run as
+tasks in this server's nursery and are answered under the same id.  The
+bridge is symmetric: ``call_gateway`` sends a CALL the other way, which is
+how remote peers reach a gateway's local tools.
+
+Frames that cannot be decoded are dropped and counted; a wrong envelope
+version that still carries an id is answered with ``version_mismatch`` so the
+sender learns why.  Work whose deadline has passed is dropped unanswered (the
+caller has already timed out).
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+import zmq
+
+from p2p_sidecar.metrics import SidecarMetrics
+from p2p_sidecar.settings import SidecarSettings
+from p2p_sidecar.tools import ToolCatalog
+from p2p_sidecar.zmq_trio import TrioZmqSocket
+from shared_schema import (
+    BridgeError,
+    DecodeError,
+    Envelope,
+    ErrorCode,
+    ErrorInfo,
+    Kind,
+    decode,
+    encode,
+)
+
+log = logging.getLogger(__name__)
+
+
+class BridgeStartupError(RuntimeError):
+    """The bridge could not bind; the message says which endpoint and why."""
+
+
+@dataclass
+class GatewayLink:
+    """One connected gateway, known by its ROUTER identity."""
+
+    identity: bytes
+    last_seen: float
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def local_tools(self) -> list[str]:
+        tools = self.info.get("local_tools")
+        return [str(name) for name in tools] if isinstance(tools, list) else []
+
+
+@dataclass
+class _OutboundCall:
+    gateway: bytes
+    done: trio.Event = field(default_factory=trio.Event)
+    reply: Envelope | None = None
+
+
+class BridgeServer:
+    def __init__(
+        self,
+        settings: SidecarSettings,
+        catalog: ToolCatalog,
+        metrics: SidecarMetrics,
+        *,
+        node_info: Callable[[], dict[str, Any]] = dict,
+    ) -> None:
+        self._settings = settings
+        self._catalog = catalog
+        self._metrics = metrics
+        self._node_info = node_info
+        self._max_frame = settings.bridge_max_frame_bytes
+        self._tsock: TrioZmqSocket | None = None
+        self._running: dict[tuple[bytes, str], trio.CancelScope] = {}
+        self._outbound: dict[str, _OutboundCall] = {}
+        self._ids = itertools.count(1)
+        self._id_prefix = "s" + os.urandom(4).hex() + "-"
+        self._accepting = True
+        self._idle = trio.Event()
+        self._idle.set()
+        self._catalog_frame: tuple[str, bytes] | None = None
+        self.gateways: dict[bytes, GatewayLink] = {}
+        self.handled_calls = 0
+        metrics.in_flight.set_function(lambda: len(self._running))
+        metrics.gateways.set_function(lambda: len(self.gateways))
+        catalog.on_change(self._push_catalog)
+
+    # -- lifecycle ----------------------------------------------------------------
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        context = zmq.Context()
+        sock = context.socket(zmq.ROUTER)
+        hwm = max(1000, 4 * self._settings.bridge_max_in_flight)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # an unroutable reply raises instead of vanishing
+        sock.setsockopt(zmq.SNDHWM, hwm)
+        sock.setsockopt(zmq.RCVHWM, hwm)
+        sock.setsockopt(zmq.MAXMSGSIZE, 4 * self._max_frame)  # hard memory guard; the codec enforces the limit
+        try:
+            sock.bind(self._settings.bridge_endpoint)
+        except zmq.ZMQError as exc:
+            sock.close(linger=0)
+            context.term()
+            raise BridgeStartupError(f"cannot bind the bridge on {self._settings.bridge_endpoint}: {exc}") from None
+        self._tsock = TrioZmqSocket(sock)
+        log.info("bridge listening on %s", self._settings.bridge_endpoint)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._expire_gateways)
+                task_status.started()
+                await self._receive_loop(nursery)
+        finally:
+            self._tsock = None
+            sock.close(linger=0)
+            context.term()
+
+    def stop_accepting(self) -> None:
+        """New calls are refused from now on ("sidecar shutting down"); running ones continue."""
+        self._accepting = False
+
+    async def wait_idle(self) -> None:
+        """Return when no gateway call is running."""
+        await self._idle.wait()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._running)
+
+    # -- receiving -------------------------------------------------------------------
+    async def _receive_loop(self, nursery: trio.Nursery) -> None:
+        assert self._tsock is not None
+        while True:
+            for frames in await self._tsock.receive_batch():
+                if len(frames) != 2:
+                    self._drop("multipart", f"expected identity + one frame, got {len(frames)} frames")
+                    continue
+                identity, frame = frames
+                try:
+                    envelope = decode(frame, self._max_frame)
+                except DecodeError as exc:
+                    self._drop(exc.reason, str(exc))
+                    if exc.reason == "version" and exc.envelope_id:
+                        error = ErrorInfo(ErrorCode.VERSION_MISMATCH, str(exc), {"supported": 1})
+                        self._send(identity, Envelope(Kind.ERROR, id=exc.envelope_id, error=error))
+                    continue
+                self._dispatch(identity, envelope, nursery)
+
+    def _dispatch(self, identity: bytes, envelope: Envelope, nursery: trio.Nursery) -> None:
+        kind = envelope.kind
+        link = self.gateways.get(identity)
+        if link is not None:
+            link.last_seen = trio.current_time()
+        if kind is Kind.CALL:
+            self._start_call(identity, envelope, nursery)
+        elif kind is Kind.PING:
+            if link is None:  # a gateway we forgot (or never met): ask it to introduce itself again
+                self._send(identity, Envelope(Kind.PONG, id=envelope.id, body={"revision": None}))
+            else:
+                self._send(identity, Envelope(Kind.PONG, id=envelope.id, body={"revision": self._catalog.revision}))
+        elif kind is Kind.HELLO:
+            self.gateways[identity] = GatewayLink(identity, trio.current_time(), envelope.body or {})
+            log.info("gateway connected (%s)", (envelope.body or {}).get("pid", "?"))
+            self._send_frame(identity, self._catalog_envelope_frame())
+        elif kind is Kind.RESULT or kind is Kind.ERROR:
+            pending = self._outbound.get(envelope.id)
+            if pending is None:
+                self._drop("late_reply", f"reply for unknown or finished call {envelope.id!r}")
+            else:
+                pending.reply = envelope
+                pending.done.set()
+        elif kind is Kind.CANCEL:
+            scope = self._running.get((identity, envelope.id))
+            if scope is not None:
+                scope.cancel()
+        elif kind is Kind.PONG:
+            pass
+        else:
+            self._drop("unexpected_kind", f"the sidecar does not accept {kind.value!r} frames")
+
+    def _drop(self, reason: str, detail: str) -> None:
+        self._metrics.frames_dropped.labels(reason).inc()
+        log.warning("bridge frame dropped (%s): %s", reason, detail)
+
+    # -- serving calls -----------------------------------------------------------------
+    def _start_call(self, identity: bytes, envelope: Envelope, nursery: trio.Nursery) -> None:
+        if envelope.deadline is not None and envelope.deadline <= time.time():
+            self._drop("expired", f"call {envelope.id} to {envelope.tool} arrived after its deadline")
+            return
+        if not self._accepting:
+            self._reply_error(identity, envelope, ErrorCode.UNAVAILABLE, "P2P sidecar is shutting down")
+            return
+        if len(self._running) >= self._settings.bridge_max_in_flight:
+            self._reply_error(identity, envelope, ErrorCode.BUSY, "P2P sidecar busy, try again shortly")
+            return
+        key = (identity, envelope.id)
+        if key in self._running:
+            self._drop("duplicate_id", f"call id {envelope.id!r} is already running")
+            return
+        scope = trio.CancelScope()
+        self._running[key] = scope
+        self._idle = trio.Event()
+        nursery.start_soon(self._serve_call, identity, envelope, scope)
+
+    def _reply_error(self, identity: bytes, envelope: Envelope, code: ErrorCode, message: str) -> None:
+        self._metrics.calls.labels(code.value).inc()
+        self._send(identity, envelope.fail(ErrorInfo(code, message)))
+
+    async def _serve_call(self, identity: bytes, envelope: Envelope, scope: trio.CancelScope) -> None:
+        started = time.perf_counter()
+        reply: Envelope | None = None
+        try:
+            with scope:
+                reply = await self._run_tool(envelope)
+        finally:
+            del self._running[(identity, envelope.id)]
+            if not self._running:
+                self._idle.set()
+        self.handled_calls += 1
+        self._metrics.call_latency.observe(time.perf_counter() - started)
+        if reply is None:  # cancelled by the caller: nobody is waiting for an answer
+            self._metrics.calls.labels(ErrorCode.CANCELLED.value).inc()
+            return
+        self._metrics.calls.labels("ok" if reply.kind is Kind.RESULT else reply.error.code.value).inc()  # type: ignore[union-attr]
+        self._send(identity, reply)
+
+    async def _run_tool(self, envelope: Envelope) -> Envelope:
+        tool = self._catalog.get(envelope.tool or "")
+        if tool is None:
+            return envelope.fail(ErrorInfo(ErrorCode.UNKNOWN_TOOL, f"unknown P2P tool: {envelope.tool}"))
+        timeout = tool.metadata.timeout_seconds
+        if envelope.deadline is not None:
+            timeout = min(timeout, envelope.deadline - time.time())
+        try:
+            return envelope.reply(await tool.invoke(envelope.arguments or {}, max(timeout, 0.0)))
+        except BridgeError as exc:
+            log.info("P2P tool %s (call %s) failed: %s", envelope.tool, envelope.id, exc)
+            return envelope.fail(exc.info)
+
+    # -- sending -----------------------------------------------------------------------
+    def _send(self, identity: bytes, envelope: Envelope) -> bool:
+        try:
+            frame = encode(envelope)
+        except (TypeError, ValueError, OverflowError) as exc:
+            frame = encode(envelope.fail(ErrorInfo(ErrorCode.TOOL_ERROR, f"result is not serialisable: {exc}")))
+        if len(frame) > self._max_frame:
+            message = f"reply of {len(frame)} bytes exceeds the bridge frame limit of {self._max_frame}"
+            frame = encode(envelope.fail(ErrorInfo(ErrorCode.TOO_LARGE, message)))
+        return self._send_frame(identity, frame)
+
+    def _send_frame(self, identity: bytes, frame: bytes) -> bool:
+        if self._tsock is None:
+            return False
+        try:
+            self._tsock.send_nowait([identity, frame])
+        except zmq.Again:
+            self._drop("send_full", "gateway is not reading; reply dropped")
+            return False
+        except zmq.ZMQError as exc:
+            if exc.errno == errno.EHOSTUNREACH:
+                self._forget(identity, "its connection is gone")
+                return False
+            raise
+        return True
+
+    def _catalog_envelope_frame(self) -> bytes:
+        revision = self._catalog.revision
+        if self._catalog_frame is None or self._catalog_frame[0] != revision:
+            body = {"revision": revision, "tools": [spec.to_wire() for spec in self._catalog.specs()]}
+            body["node"] = self._node_info()
+            self._catalog_frame = (revision, encode(Envelope(Kind.CATALOG, body=body)))
+        return self._catalog_frame[1]
+
+    def _push_catalog(self) -> None:
+        if self._tsock is None:
+            return
+        frame = self._catalog_envelope_frame()
+        for identity in list(self.gateways):
+            self._send_frame(identity, frame)
+
+    # -- gateways ------------------------------------------------------------------------
+    async def _expire_gateways(self) -> None:
+        timeout = self._settings.bridge_gateway_timeout
+        while True:
+            await trio.sleep(timeout / 4)
+            cutoff = trio.current_time() - timeout
+            for identity, link in list(self.gateways.items()):
+                if link.last_seen < cutoff:
+                    self._forget(identity, f"silent for more than {timeout:.0f}s")
+
+    def _forget(self, identity: bytes, reason: str) -> None:
+        if self.gateways.pop(identity, None) is not None:
+            log.info("gateway forgotten: %s", reason)
+        for call_id, pending in list(self._outbound.items()):
+            if pending.gateway == identity and not pending.done.is_set():
+                error = ErrorInfo(ErrorCode.UNAVAILABLE, f"gateway went away ({reason})")
+                pending.reply = Envelope(Kind.ERROR, id=call_id, error=error)
+                pending.done.set()
+
+    # -- calls into a gateway ----------------------------------------------------------------
+    def pick_gateway(self) -> GatewayLink | None:
+        """The gateway heard from most recently: the one most likely to be alive."""
+        return max(self.gateways.values(), key=lambda link: link.last_seen, default=None)
+
+    async def call_gateway(
+        self, tool: str, arguments: dict[str, Any], *, timeout: float, trace_id: str | None = None
+    ) -> Any:
+        """Run one of the connected gateway's local tools; returns its result or raises ``BridgeError``."""
+        link = self.pick_gateway()
+        if link is None:
+            raise BridgeError(ErrorCode.UNAVAILABLE, "no gateway is connected to this sidecar")
+        call_id = f"{self._id_prefix}{next(self._ids):x}"
+        envelope = Envelope(
+            Kind.CALL, id=call_id, deadline=time.time() + timeout, tool=tool, arguments=arguments, trace_id=trace_id
+        )
+        pending = _OutboundCall(link.identity)
+        self._outbound[call_id] = pending
+        try:
+            if not self._send(link.identity, envelope):
+                raise BridgeError(ErrorCode.UNAVAILABLE, "the gateway's connection refused the call")
+            with trio.move_on_after(timeout):
+                await pending.done.wait()
+            if pending.reply is None:
+                self._send(link.identity, Envelope(Kind.CANCEL, id=call_id))
+                raise BridgeError(ErrorCode.TIMEOUT, f"gateway tool {tool!r} did not answer within {timeout:.3g}s")
+        finally:
+            del self._outbound[call_id]
+        reply = pending.reply
+        self._metrics.outbound_calls.labels("ok" if reply.kind is Kind.RESULT else "error").inc()
+        if reply.kind is Kind.RESULT:
+            return reply.result
+        raise BridgeError.from_info(reply.error or ErrorInfo(ErrorCode.INTERNAL, "gateway sent an empty error"))

@@ -1,0 +1,108 @@
+"""The sidecar's composition root and its start-up / shutdown order.
+
+Start-up is the nesting order of ``nursery.start`` calls, each returning only
+once its subsystem is ready (Trio's ``task_status``): admin HTTP, then the
+bridge (the libp2p node and the task queue take their places between them as
+they are added).  Shutdown on SIGTERM/SIGINT is the same nesting undone:
+
+    stop accepting calls  ->  drain in-flight work (up to the grace period)
+    ->  cancel the root nursery  ->  sockets closed by their owners  ->  exit 0
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from typing import Any
+
+import trio
+
+from p2p_sidecar import __version__
+from p2p_sidecar.admin import AdminServer
+from p2p_sidecar.bridge_server import BridgeServer
+from p2p_sidecar.metrics import SidecarMetrics
+from p2p_sidecar.settings import SidecarSettings
+from p2p_sidecar.tools import ToolCatalog
+from p2p_sidecar.tools.service import register_service_tools
+
+log = logging.getLogger(__name__)
+
+
+class SidecarStartupError(RuntimeError):
+    """Something the sidecar needs at start-up is missing; the message says what."""
+
+
+def prepare_data_dir(settings: SidecarSettings) -> None:
+    path = settings.data_dir
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise SidecarStartupError(f"SIDECAR_DATA_DIR {path} cannot be created: {exc.strerror}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise SidecarStartupError(f"SIDECAR_DATA_DIR {path} is not writable by this user")
+
+
+class Sidecar:
+    """The subsystems of one sidecar process, and the state its status tools report."""
+
+    def __init__(self, settings: SidecarSettings) -> None:
+        self.settings = settings
+        self.started_at = time.time()
+        self.metrics = SidecarMetrics()
+        self.catalog = ToolCatalog()
+        self.bridge = BridgeServer(settings, self.catalog, self.metrics, node_info=self.node_summary)
+        self.admin = AdminServer(settings, self.metrics, self.health)
+        self.ready = False
+        register_service_tools(self.catalog, status=self.status, peers=lambda limit: [])
+
+    def node_summary(self) -> dict[str, Any]:
+        return {"version": __version__, "pid": os.getpid()}
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "version": __version__,
+            "node": self.node_summary(),
+            "bridge": {
+                "endpoint": self.settings.bridge_endpoint,
+                "gateways": len(self.bridge.gateways),
+                "handled_calls": self.bridge.handled_calls,
+                "in_flight": self.bridge.in_flight,
+            },
+            "tools": len(self.catalog),
+        }
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        body = {"status": "ok" if self.ready else "starting", "uptime_s": round(time.time() - self.started_at, 3)}
+        body.update(self.status())
+        return self.ready, body
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as root:
+                await root.start(self.admin.run)
+                await root.start(self.bridge.run)
+                self.ready = True
+                log.info("sidecar ready (bridge %s, admin port %s)", self.settings.bridge_endpoint, self.admin.bound)
+                task_status.started()
+                async for signum in signals:
+                    log.info("received %s: draining", signal.Signals(signum).name)
+                    break
+                await self._drain()
+                root.cancel_scope.cancel()
+        log.info("sidecar stopped")
+
+    async def _drain(self) -> None:
+        self.ready = False
+        self.bridge.stop_accepting()
+        grace = self.settings.shutdown_grace_seconds
+        with trio.move_on_after(grace) as scope:
+            await self.bridge.wait_idle()
+        if scope.cancelled_caught:
+            log.warning("grace period of %.1fs over: cancelling %d calls", grace, self.bridge.in_flight)
+
+
+async def run(settings: SidecarSettings) -> None:
+    prepare_data_dir(settings)
+    await Sidecar(settings).serve()

@@ -1,0 +1,38 @@
+"""Prometheus metrics of the sidecar, served on its admin port."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class SidecarMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.calls = Counter(
+            "sidecar_tool_calls_total", "P2P tool calls served, by outcome.", ["outcome"], registry=self.registry
+        )
+        self.call_latency = Histogram(
+            "sidecar_tool_call_seconds",
+            "P2P tool call latency in the sidecar.",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.frames_dropped = Counter(
+            "sidecar_bridge_frames_dropped_total",
+            "Bridge frames dropped (garbage, oversize, wrong version, expired deadline...).",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.gateways = Gauge("sidecar_bridge_gateways", "Gateways connected over the bridge.", registry=self.registry)
+        self.in_flight = Gauge("sidecar_bridge_in_flight", "Calls from gateways running now.", registry=self.registry)
+        self.outbound_calls = Counter(
+            "sidecar_gateway_calls_total",
+            "Calls this sidecar made into its gateway's tools, by outcome.",
+            ["outcome"],
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

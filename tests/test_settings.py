@@ -1,0 +1,75 @@
+"""Settings: list parsing, endpoint checks, and a one-line error naming the variable (exit 2)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from pydantic import ValidationError
+
+from gateway.settings import GatewaySettings
+from p2p_sidecar.settings import SidecarSettings
+from shared_schema.settings_types import endpoint_is_loopback
+from tests.procs import ROOT, base_env
+
+
+def test_defaults() -> None:
+    settings = GatewaySettings(_env_file=None)
+    assert (settings.host, settings.port, settings.bridge_endpoint) == ("127.0.0.1", 8000, "tcp://127.0.0.1:8001")
+    sidecar = SidecarSettings()
+    assert (sidecar.bridge_endpoint, sidecar.admin_port) == ("tcp://127.0.0.1:8001", 8002)
+    assert sidecar.data_dir.name == "sidecar"
+
+
+@pytest.mark.parametrize("raw", ["a.example:*, b.example", '["a.example:*", "b.example"]'])
+def test_lists_accept_commas_or_json(monkeypatch: pytest.MonkeyPatch, raw: str) -> None:
+    monkeypatch.setenv("GATEWAY_ALLOWED_HOSTS", raw)
+    assert GatewaySettings().allowed_hosts == ["a.example:*", "b.example"]
+
+
+def test_empty_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SIDECAR_REMOTE_TOOLS_ALLOW", "")
+    assert SidecarSettings().remote_tools_allow == []
+
+
+@pytest.mark.parametrize("endpoint", ["tcp://127.0.0.1:8001", "ipc:///tmp/x.sock", "tcp://[::1]:9"])
+def test_good_endpoints(endpoint: str) -> None:
+    assert GatewaySettings(bridge_endpoint=endpoint).bridge_endpoint == endpoint
+
+
+@pytest.mark.parametrize(
+    "endpoint", ["http://x:1", "tcp://nohost", "tcp://h:0", "tcp://h:99999", "ipc://", "inproc://x"]
+)
+def test_bad_endpoints(endpoint: str) -> None:
+    with pytest.raises(ValidationError):
+        GatewaySettings(bridge_endpoint=endpoint)
+
+
+def test_loopback_detection() -> None:
+    assert endpoint_is_loopback("ipc:///run/x") and endpoint_is_loopback("tcp://127.0.0.1:1")
+    assert endpoint_is_loopback("tcp://[::1]:1") and not endpoint_is_loopback("tcp://0.0.0.0:1")
+
+
+@pytest.mark.parametrize(
+    ("module", "variable", "value"),
+    [
+        ("gateway", "GATEWAY_PORT", "eighty"),
+        ("gateway", "GATEWAY_BRIDGE_ENDPOINT", "http://nope"),
+        ("p2p_sidecar", "SIDECAR_ADMIN_PORT", "-1"),
+        ("p2p_sidecar", "SIDECAR_LOG_LEVEL", "loud"),
+    ],
+)
+def test_bad_value_stops_the_process_with_one_line(module: str, variable: str, value: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", module], env=base_env(**{variable: value}), cwd=ROOT, capture_output=True, timeout=60
+    )
+    assert done.returncode == 2
+    lines = done.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and variable in lines[0], lines
+
+
+@pytest.mark.parametrize("module", ["gateway", "p2p_sidecar", "supervisor"])
+def test_help(module: str) -> None:
+    done = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, timeout=60)
+    assert done.returncode == 0 and b"usage:" in done.stdout
