@@ -5,7 +5,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup run test lint format clean
+BENCH_STAMP := $(VENV)/.bench-installed
+
+.PHONY: setup run test lint format clean bench
 
 setup: $(STAMP)
 
@@ -29,6 +31,14 @@ lint: setup
 format: setup
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
+	@touch $(BENCH_STAMP)
+
+# Every benchmark scenario against real processes on free ports; rewrites docs/benchmarks.md (about 5 minutes).
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m bench.run_all
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

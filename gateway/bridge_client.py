@@ -1,9 +1,11 @@
 """The gateway's end of the bridge: an asyncio ZeroMQ DEALER talking to the sidecar's ROUTER.
 
-One object owns the socket and its three tasks (reader, connection monitor,
-heartbeat), all started and cancelled by ``running()``, which the FastAPI
-lifespan enters.  Calls are correlated by id and bounded in number; each has
-a deadline.  The connection's life is tracked in ``state``:
+One object owns the socket, its connection monitor and the heartbeat task,
+all started and stopped by ``running()``, which the FastAPI lifespan enters.
+Frames are read by loop callbacks (``gateway/zmq_asyncio.py``) and dispatched
+synchronously: a reply resolves its caller's future without a task switch.
+Calls are correlated by id and bounded in number; each has a deadline.
+The connection's life is tracked in ``state``:
 
     DOWN --handshake--> CONNECTING --CATALOG--> UP --silence--> STALE --PONG--> UP
       ^                                          |
@@ -27,18 +29,27 @@ from typing import Any
 
 import anyio
 import zmq
-import zmq.asyncio
 from pydantic import ValidationError
 from zmq.utils.monitor import parse_monitor_message
 
 from gateway.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings
+from gateway.zmq_asyncio import AsyncioZmqSocket
 from shared_schema import BridgeError, DecodeError, Envelope, ErrorCode, ErrorInfo, Kind, ToolSpec, decode, encode
 
 log = logging.getLogger(__name__)
 
 InboundHandler = Callable[[Envelope], Awaitable[Envelope]]
 CatalogHandler = Callable[[list[ToolSpec]], None]
+
+
+class _Expired(Exception):
+    """A call's deadline passed; internal to ``_round_trip``."""
+
+
+def _expire(future: asyncio.Future[Envelope]) -> None:
+    if not future.done():
+        future.set_exception(_Expired())
 
 
 class SidecarState(StrEnum):
@@ -68,7 +79,7 @@ class BridgeClient:
         self._inbound: set[asyncio.Task[None]] = set()
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(4).hex() + "-"
-        self._sock: zmq.asyncio.Socket | None = None
+        self._sock: AsyncioZmqSocket | None = None
         self._last_inbound = 0.0
         self._catalog_revision: Any = None
         self.state = SidecarState.DOWN
@@ -80,37 +91,36 @@ class BridgeClient:
     # -- lifecycle ----------------------------------------------------------
     @asynccontextmanager
     async def running(self) -> AsyncIterator[BridgeClient]:
-        context = zmq.asyncio.Context()
-        sock = context.socket(zmq.DEALER)
+        loop = asyncio.get_running_loop()
+        context = zmq.Context()
+        raw = context.socket(zmq.DEALER)
         hwm = max(1000, 4 * self._settings.bridge_max_in_flight)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.IMMEDIATE, 1)  # never queue calls for a sidecar that is not there
-        sock.setsockopt(zmq.RECONNECT_IVL, 100)
-        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
-        sock.setsockopt(zmq.SNDHWM, hwm)
-        sock.setsockopt(zmq.RCVHWM, hwm)
-        sock.setsockopt(zmq.MAXMSGSIZE, 4 * self._max_frame)  # hard memory guard; the codec enforces the limit
-        monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
-        sock.connect(self._settings.bridge_endpoint)
-        self._sock = sock
-        tasks = [
-            asyncio.create_task(self._read_loop(sock), name="bridge-reader"),
-            asyncio.create_task(self._monitor_loop(monitor), name="bridge-monitor"),
-            asyncio.create_task(self._heartbeat_loop(), name="bridge-heartbeat"),
-        ]
+        raw.setsockopt(zmq.LINGER, 0)
+        raw.setsockopt(zmq.IMMEDIATE, 1)  # never queue calls for a sidecar that is not there
+        raw.setsockopt(zmq.RECONNECT_IVL, 100)
+        raw.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        raw.setsockopt(zmq.SNDHWM, hwm)
+        raw.setsockopt(zmq.RCVHWM, hwm)
+        raw.setsockopt(zmq.MAXMSGSIZE, 4 * self._max_frame)  # hard memory guard; the codec enforces the limit
+        monitor = AsyncioZmqSocket(
+            raw.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED), self._on_monitor, loop
+        )
+        sock = self._sock = AsyncioZmqSocket(raw, self._on_frames, loop)
+        raw.connect(self._settings.bridge_endpoint)
+        heartbeat = asyncio.create_task(self._heartbeat_loop(), name="bridge-heartbeat")
         log.info("bridge connecting to %s", self._settings.bridge_endpoint)
         try:
             yield self
         finally:
             self._set_state(SidecarState.DOWN, "gateway shutting down")
-            for task in [*tasks, *self._inbound]:
+            for task in [heartbeat, *self._inbound]:
                 task.cancel()
-            await asyncio.gather(*tasks, *self._inbound, return_exceptions=True)
+            await asyncio.gather(heartbeat, *self._inbound, return_exceptions=True)
             self._sock = None
             with suppress(zmq.ZMQError):
-                sock.disable_monitor()
-            monitor.close(linger=0)
-            sock.close(linger=0)
+                raw.disable_monitor()
+            monitor.close()
+            sock.close()
             context.term()
 
     # -- calls out to the sidecar -------------------------------------------
@@ -138,33 +148,54 @@ class BridgeClient:
             raise BridgeError(
                 ErrorCode.TOO_LARGE, f"call of {len(frame)} bytes exceeds the bridge frame limit of {self._max_frame}"
             )
-        future: asyncio.Future[Envelope] = asyncio.get_running_loop().create_future()
-        self._pending[call_id] = future
-        try:
-            if not self._send(frame):
-                raise BridgeError(ErrorCode.UNAVAILABLE, "P2P sidecar unavailable (bridge is not accepting frames)")
-            try:
-                with anyio.fail_after(timeout):
-                    reply = await future
-            except TimeoutError:
-                self._send(encode(Envelope(Kind.CANCEL, id=call_id)))
-                raise BridgeError(
-                    ErrorCode.TIMEOUT, f"P2P tool {tool!r} did not answer within {timeout:.3g}s", {"call_id": call_id}
-                ) from None
-        finally:
-            self._pending.pop(call_id, None)
+        reply = await self._round_trip(call_id, frame, timeout)
+        if reply is None:
+            self._send(encode(Envelope(Kind.CANCEL, id=call_id)))
+            raise BridgeError(
+                ErrorCode.TIMEOUT, f"P2P tool {tool!r} did not answer within {timeout:.3g}s", {"call_id": call_id}
+            )
         if reply.kind is Kind.RESULT:
             return reply.result
         raise BridgeError.from_info(reply.error or ErrorInfo(ErrorCode.INTERNAL, "sidecar sent an empty error"))
+
+    async def ping(self, timeout: float = 1.0) -> float:
+        """One application-level round trip through both event loops; returns seconds taken."""
+        call_id = f"{self._id_prefix}{next(self._ids):x}"
+        started = time.perf_counter()
+        if await self._round_trip(call_id, encode(Envelope(Kind.PING, id=call_id)), timeout) is None:
+            raise BridgeError(ErrorCode.TIMEOUT, f"no pong within {timeout:.3g}s")
+        return time.perf_counter() - started
+
+    async def _round_trip(self, call_id: str, frame: bytes, timeout: float) -> Envelope | None:
+        """Send one frame and wait for the envelope answering ``call_id``; None when ``timeout`` passes.
+
+        The deadline is a loop timer that resolves the future, which is much
+        cheaper per call than a cancel scope; the future may also be failed by
+        ``_fail_pending`` when the sidecar goes away.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Envelope] = loop.create_future()
+        self._pending[call_id] = future
+        timer = loop.call_later(timeout, _expire, future)
+        try:
+            if not self._send(frame):
+                raise BridgeError(ErrorCode.UNAVAILABLE, "P2P sidecar unavailable (bridge is not accepting frames)")
+            return await future
+        except _Expired:
+            return None
+        finally:
+            timer.cancel()
+            self._pending.pop(call_id, None)
 
     def _send(self, frame: bytes) -> bool:
         """Queue one frame without waiting; False when ZeroMQ refuses (no live connection, or full)."""
         sock = self._sock
         if sock is None:
             return False
-        sent = sock.send(frame, zmq.NOBLOCK)
-        if sent.done() and sent.exception() is not None:
-            log.debug("bridge send refused: %s", sent.exception())
+        try:
+            sock.send_nowait([frame])
+        except zmq.ZMQError as exc:  # zmq.Again included: no live connection (IMMEDIATE), or the queue is full
+            log.debug("bridge send refused: %s", exc)
             return False
         return True
 
@@ -195,16 +226,15 @@ class BridgeClient:
         return False
 
     # -- tasks ----------------------------------------------------------------
-    async def _monitor_loop(self, monitor: zmq.asyncio.Socket) -> None:
-        while True:
-            event = parse_monitor_message(await monitor.recv_multipart())
-            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                self._metrics.bridge_connects.inc()
-                self._last_inbound = time.monotonic()
-                self._set_state(SidecarState.CONNECTING, "connected, waiting for the catalog")
-                self._send_hello()
-            elif event["event"] == zmq.EVENT_DISCONNECTED:
-                self._set_state(SidecarState.DOWN, "connection to the sidecar was lost")
+    def _on_monitor(self, frames: list[bytes]) -> None:
+        event = parse_monitor_message(frames)
+        if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            self._metrics.bridge_connects.inc()
+            self._last_inbound = time.monotonic()
+            self._set_state(SidecarState.CONNECTING, "connected, waiting for the catalog")
+            self._send_hello()
+        elif event["event"] == zmq.EVENT_DISCONNECTED:
+            self._set_state(SidecarState.DOWN, "connection to the sidecar was lost")
 
     def _send_hello(self) -> None:
         self._send(encode(Envelope(Kind.HELLO, body=self._hello_body())))
@@ -223,25 +253,20 @@ class BridgeClient:
                 self._set_state(SidecarState.STALE, f"no answer to heartbeats for {silent_for:.1f}s")
             self._send(encode(Envelope(Kind.PING)))
 
-    async def _read_loop(self, sock: zmq.asyncio.Socket) -> None:
-        while True:
-            frames = await sock.recv_multipart(copy=True)
-            self._last_inbound = time.monotonic()
-            if len(frames) != 1:
-                self._drop("multipart", f"expected one frame, got {len(frames)}")
-                continue
-            try:
-                envelope = decode(frames[0], self._max_frame)
-            except DecodeError as exc:
-                self._drop(exc.reason, str(exc))
-                if exc.envelope_id and exc.envelope_id in self._pending:
-                    future = self._pending[exc.envelope_id]
-                    if not future.done():
-                        future.set_exception(
-                            BridgeError(ErrorCode.BAD_FRAME, f"sidecar sent an undecodable reply: {exc}")
-                        )
-                continue
-            self._dispatch(envelope)
+    def _on_frames(self, frames: list[bytes]) -> None:
+        self._last_inbound = time.monotonic()
+        if len(frames) != 1:
+            self._drop("multipart", f"expected one frame, got {len(frames)}")
+            return
+        try:
+            envelope = decode(frames[0], self._max_frame)
+        except DecodeError as exc:
+            self._drop(exc.reason, str(exc))
+            future = self._pending.get(exc.envelope_id or "")
+            if future is not None and not future.done():
+                future.set_exception(BridgeError(ErrorCode.BAD_FRAME, f"sidecar sent an undecodable reply: {exc}"))
+            return
+        self._dispatch(envelope)
 
     def _dispatch(self, envelope: Envelope) -> None:
         kind = envelope.kind
@@ -256,6 +281,8 @@ class BridgeClient:
         elif kind is Kind.CATALOG:
             self._install_catalog(envelope.body or {})
         elif kind is Kind.PONG:
+            if envelope.id and (future := self._pending.get(envelope.id)) is not None and not future.done():
+                future.set_result(envelope)  # an explicit ping()
             revision = (envelope.body or {}).get("revision")
             if self.state is SidecarState.STALE:
                 self._set_state(SidecarState.UP, "heartbeats answered again")

@@ -208,6 +208,8 @@ class BridgeServer:
             self._drop("duplicate_id", f"call id {envelope.id!r} is already running")
             return
         scope = trio.CancelScope()
+        if envelope.deadline is not None:  # the caller's deadline bounds the whole call, tool included
+            scope.deadline = trio.current_time() + (envelope.deadline - time.time())
         self._running[key] = scope
         self._idle = trio.Event()
         nursery.start_soon(self._serve_call, identity, envelope, scope)
@@ -228,8 +230,9 @@ class BridgeServer:
                 self._idle.set()
         self.handled_calls += 1
         self._metrics.call_latency.observe(time.perf_counter() - started)
-        if reply is None:  # cancelled by the caller: nobody is waiting for an answer
-            self._metrics.calls.labels(ErrorCode.CANCELLED.value).inc()
+        if reply is None:  # cancelled by the caller, or its deadline passed: nobody is waiting for an answer
+            outcome = ErrorCode.TIMEOUT if trio.current_time() >= scope.deadline else ErrorCode.CANCELLED
+            self._metrics.calls.labels(outcome.value).inc()
             return
         self._metrics.calls.labels("ok" if reply.kind is Kind.RESULT else reply.error.code.value).inc()  # type: ignore[union-attr]
         self._send(identity, reply)
@@ -238,11 +241,11 @@ class BridgeServer:
         tool = self._catalog.get(envelope.tool or "")
         if tool is None:
             return envelope.fail(ErrorInfo(ErrorCode.UNKNOWN_TOOL, f"unknown P2P tool: {envelope.tool}"))
-        timeout = tool.metadata.timeout_seconds
-        if envelope.deadline is not None:
-            timeout = min(timeout, envelope.deadline - time.time())
+        # The call's own deadline is on the enclosing scope; the tool's timeout_seconds applies only
+        # to calls that came without one.
+        timeout = None if envelope.deadline is not None else tool.metadata.timeout_seconds
         try:
-            return envelope.reply(await tool.invoke(envelope.arguments or {}, max(timeout, 0.0)))
+            return envelope.reply(await tool.invoke(envelope.arguments or {}, timeout))
         except BridgeError as exc:
             log.info("P2P tool %s (call %s) failed: %s", envelope.tool, envelope.id, exc)
             return envelope.fail(exc.info)

@@ -9,6 +9,7 @@ deadline, and every failure leaves as a ``BridgeError``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
@@ -95,14 +96,19 @@ class FunctionTool:
         )
         return cls(fn=fn, spec=spec, signature=signature, is_async=inspect.iscoroutinefunction(fn))
 
-    async def invoke(self, arguments: dict[str, Any], timeout: float) -> Any:
-        """Validate, run within ``timeout`` seconds, and return a JSON-able result, or raise ``BridgeError``."""
+    async def invoke(self, arguments: dict[str, Any], timeout: float | None) -> Any:
+        """Validate, run, and return a JSON-able result, or raise ``BridgeError``.
+
+        ``timeout`` (seconds) bounds the run with its own cancel scope; pass
+        None when the caller's scope already carries the deadline (the
+        sidecar's bridge does), which saves a scope per call on the hot path.
+        """
         try:
             kwargs = self.signature.bind(arguments)
         except ArgumentsInvalid as exc:
             raise BridgeError(ErrorCode.INVALID_ARGUMENTS, str(exc), {"errors": exc.errors}) from None
         try:
-            with anyio.fail_after(timeout):
+            with anyio.fail_after(timeout) if timeout is not None else contextlib.nullcontext():
                 if self.is_async:
                     result = await self.fn(**kwargs)
                 else:

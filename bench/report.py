@@ -1,0 +1,193 @@
+"""Turn a bench run's results into docs/benchmarks.md and its plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+TARGETS_NOTE = "Targets are the ones set in issue 6; each row says whether this run met it."
+
+
+def _yes(flag: bool) -> str:
+    return "met" if flag else "**missed**"
+
+
+def targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    rows: list[tuple[str, str, bool]] = []
+    cost = results["bridge_cost"]
+    for row in cost:
+        if row["clients"] == 1:
+            rows.append(
+                (
+                    f"P2P p50 within +0.3 ms of local at 1 client ({row['face']})",
+                    f"+{row['p50_delta_ms']:.3f} ms",
+                    row["p50_delta_ms"] <= 0.3,
+                )
+            )
+    for row in cost:
+        if row["clients"] == 64:
+            need = 0.8 if row["face"] == "rest" else 0.9
+            rows.append(
+                (
+                    f"P2P throughput at 64 clients >= {need:.0%} of local ({row['face']})",
+                    f"{row['rps_ratio']:.0%}",
+                    row["rps_ratio"] >= need,
+                )
+            )
+    floor = results["floor"]
+    overhead = floor["call"]["p50_ms"] / floor["raw"]["p50_ms"]
+    rows.append(("bridge round trip <= 2x raw pyzmq (p50, full tool call)", f"{overhead:.2f}x", overhead <= 2.0))
+    seed16 = next(row for row in results["seed_style"] if row["clients"] == 16)
+    rows.append(
+        (
+            ">= 10x faster than thread-per-call trio.run at 16 clients (throughput)",
+            f"{seed16['rps_ratio']:.1f}x",
+            seed16["rps_ratio"] >= 10,
+        )
+    )
+    rss = results["startup"]
+    rows.append(("gateway idle RSS <= 90 MB", f"{rss['gateway_idle_rss_mb']:.0f} MB", rss["gateway_idle_rss_mb"] <= 90))
+    rows.append(
+        ("sidecar idle RSS <= 120 MB", f"{rss['sidecar_idle_rss_mb']:.0f} MB", rss["sidecar_idle_rss_mb"] <= 120)
+    )
+    rows.append(("ready within 2 s of start", f"{rss['ready_s']:.2f} s", rss["ready_s"] <= 2.0))
+    return rows
+
+
+def render(results: dict[str, Any], command: str) -> str:
+    out = [
+        "# Benchmarks",
+        "",
+        f"Latest run: {results['started']} (took {results['elapsed_s']:.0f} s). Command: `{command}`.",
+        "",
+        f"Machine: {results['machine']}",
+        "",
+        "Load generator: `wrk` (C, one thread, keep-alive connections), POSTing the same JSON body; each point is the "
+        "median of repeated runs, local and P2P measured alternately in the same run. `client CPU` is the share of "
+        "one core wrk itself used: well under 1 means the client was not the bottleneck.",
+        "",
+        "## Targets",
+        "",
+        TARGETS_NOTE,
+        "",
+        "| target | this run | |",
+        "|---|---|---|",
+    ]
+    out += [f"| {name} | {value} | {_yes(ok)} |" for name, value, ok in targets(results)]
+    out += [
+        "",
+        "## 1. The bridge's cost: hashing 1 KiB, local tool vs P2P tool",
+        "",
+        "`hash_content` runs in the gateway; `p2p_hash_content` does the same work in the sidecar, reached over the "
+        "bridge. Latencies in ms.",
+        "",
+        "| face | clients | local p50 | local p99 | local req/s | P2P p50 | P2P p99 | P2P req/s | P2P-local p50 | "
+        "P2P/local req/s | client CPU |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in results["bridge_cost"]:
+        local, p2p = row["local"], row["p2p"]
+        out.append(
+            f"| {row['face']} | {row['clients']} | "
+            f"{local['p50_ms']:.2f} | {local['p99_ms']:.2f} | {local['rps']:.0f} | "
+            f"{p2p['p50_ms']:.2f} | {p2p['p99_ms']:.2f} | {p2p['rps']:.0f} | {row['p50_delta_ms']:+.3f} | "
+            f"{row['rps_ratio']:.2f} | {max(local['client_cpu'], p2p['client_cpu']):.2f} |"
+        )
+    cpu = results.get("load_cpu_cores", {})
+    out += [
+        "",
+        f"During these runs the gateway used {cpu.get('gateway', 0):.2f} cores and the sidecar "
+        f"{cpu.get('sidecar', 0):.2f} on average (a Python process tops out near 1.0).",
+        "",
+        "![latency and throughput against concurrency](benchmarks-bridge.png)",
+        "",
+        "## 2. The floor: raw pyzmq round trip vs our bridge",
+        "",
+        "Sequential round trips from an asyncio DEALER in one process, on tcp loopback; `rps @64` keeps 64 in flight.",
+        "",
+        "| path | p50 ms | p99 ms | rps @64 | p50 vs raw |",
+        "|---|---|---|---|---|",
+    ]
+    floor = results["floor"]
+    raw = floor["raw"]["p50_ms"]
+    labels = {
+        "raw": "raw pyzmq DEALER -> blocking ROUTER, msgpack",
+        "ping": "our bridge PING/PONG (both event loops)",
+        "call": "our bridge CALL p2p_echo (envelope, Trio task, validation)",
+    }
+    for key, label in labels.items():
+        entry = floor[key]
+        rps = f"{entry['rps_concurrent']:.0f}" if "rps_concurrent" in entry else "-"
+        out.append(
+            f"| {label} | {entry['p50_ms']:.3f} | {entry['p99_ms']:.3f} | {rps} | {entry['p50_ms'] / raw:.2f}x |"
+        )
+    out += [
+        "",
+        "## 3. What users would do instead: a fresh `trio.run` in a worker thread per call",
+        "",
+        "The seed's approach (bench/seed_style_app.py, same uvicorn options, same work) against our P2P path, "
+        "REST face.",
+        "",
+        "| clients | seed p50 | seed req/s | ours p50 | ours req/s | ours/seed req/s | seed/ours p50 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in results["seed_style"]:
+        seed, ours = row["seed"], row["ours"]
+        out.append(
+            f"| {row['clients']} | {seed['p50_ms']:.2f} | {seed['rps']:.0f} | "
+            f"{ours['p50_ms']:.2f} | {ours['rps']:.0f} | "
+            f"{row['rps_ratio']:.1f}x | {row['p50_ratio']:.1f}x |"
+        )
+    startup = results["startup"]
+    peak = results["load_peak_rss_mb"]
+    out += [
+        "",
+        "## 6. Memory and start-up",
+        "",
+        "| process | idle RSS | peak RSS under scenario 1 load |",
+        "|---|---|---|",
+        f"| gateway | {startup['gateway_idle_rss_mb']:.0f} MB | {peak['gateway']:.0f} MB |",
+        f"| sidecar | {startup['sidecar_idle_rss_mb']:.0f} MB | {peak['sidecar']:.0f} MB |",
+        "",
+        "Start (both processes spawned together) to gateway `/health/ready` = 200: "
+        f"{startup['ready_s']:.2f} s (median).",
+        "",
+    ]
+    return "\n".join(out)
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (latency_ax, rps_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
+    faces = sorted({row["face"] for row in results["bridge_cost"]})
+    for face in faces:
+        rows = [row for row in results["bridge_cost"] if row["face"] == face]
+        clients = [row["clients"] for row in rows]
+        for runtime, style in (("local", "-"), ("p2p", "--")):
+            latency_ax.plot(
+                clients, [r[runtime]["p50_ms"] for r in rows], style, marker="o", label=f"{face} {runtime} p50"
+            )
+            latency_ax.plot(
+                clients,
+                [r[runtime]["p99_ms"] for r in rows],
+                style,
+                marker="x",
+                alpha=0.5,
+                label=f"{face} {runtime} p99",
+            )
+            rps_ax.plot(clients, [r[runtime]["rps"] for r in rows], style, marker="o", label=f"{face} {runtime}")
+    for ax, title, unit in ((latency_ax, "latency", "ms"), (rps_ax, "throughput", "requests/s")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrent clients")
+        ax.set_ylabel(unit)
+        ax.set_title(f"{title}: local vs P2P tool (hash 1 KiB)")
+        ax.grid(True, alpha=0.3)
+    latency_ax.set_yscale("log")
+    rps_ax.legend(fontsize=7)
+    latency_ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)

@@ -1,0 +1,54 @@
+"""Scenario 3: our P2P path against the seed's thread-per-call ``trio.run``, same work, same loads."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from bench.bridge_cost import PAYLOAD, median_result
+from bench.loadgen import LoadResult, run_wrk
+from tests.procs import ROOT, free_port, http_json, wait_for
+
+
+def run(gateway_url: str, *, concurrencies: list[int], seconds: float, repeats: int) -> list[dict]:
+    port = free_port()
+    seed = subprocess.Popen([sys.executable, "-m", "bench.seed_style_app", str(port)], cwd=ROOT)
+    seed_url = f"http://127.0.0.1:{port}"
+    rows = []
+    try:
+        wait_for(lambda: _up(seed_url), 30, what="seed-style app")
+        seed_answer = http_json("POST", seed_url + "/tools/execute/hash_content", PAYLOAD)[1]["result"]
+        ours_answer = http_json("POST", gateway_url + "/tools/execute/p2p_hash_content", PAYLOAD)[1]["result"]
+        assert seed_answer == ours_answer
+        for clients in concurrencies:
+            measured: dict[str, list[LoadResult]] = {"seed": [], "ours": []}
+            targets = {
+                "seed": seed_url + "/tools/execute/hash_content",
+                "ours": gateway_url + "/tools/execute/p2p_hash_content",
+            }
+            order = ["seed", "ours"]
+            for _ in range(repeats):
+                for name in order:
+                    measured[name].append(run_wrk(targets[name], PAYLOAD, connections=clients, seconds=seconds))
+                order.reverse()
+            seed_m, ours_m = median_result(measured["seed"]), median_result(measured["ours"])
+            rows.append(
+                {
+                    "clients": clients,
+                    "seed": seed_m,
+                    "ours": ours_m,
+                    "rps_ratio": ours_m["rps"] / seed_m["rps"],
+                    "p50_ratio": seed_m["p50_ms"] / ours_m["p50_ms"],
+                }
+            )
+    finally:
+        seed.terminate()
+        seed.wait(timeout=10)
+    return rows
+
+
+def _up(url: str) -> bool:
+    try:
+        return http_json("GET", url + "/health/ready", timeout=1)[0] == 200
+    except OSError:
+        return False

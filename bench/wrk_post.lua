@@ -1,0 +1,17 @@
+-- POST one fixed JSON body (WRK_BODY) with extra headers (WRK_HEADERS, "name: value" per line),
+-- then print one JSON line of results that bench/loadgen.py parses.
+wrk.method = "POST"
+wrk.body = os.getenv("WRK_BODY") or "{}"
+wrk.headers["Content-Type"] = "application/json"
+for line in string.gmatch(os.getenv("WRK_HEADERS") or "", "[^\n]+") do
+  local name, value = string.match(line, "^([^:]+):%s*(.*)$")
+  if name then wrk.headers[name] = value end
+end
+
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '{"requests":%d,"duration_us":%d,"errors":%d,"non2xx":%d,"p50_us":%d,"p90_us":%d,"p99_us":%d,"mean_us":%.1f,"max_us":%d}\n',
+    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.mean, latency.max))
+end
