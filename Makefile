@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: setup run test lint format clean bench
+.PHONY: setup run test lint format clean bench loadtest
 
 setup: $(STAMP)
 
@@ -39,6 +39,10 @@ $(BENCH_STAMP): $(STAMP)
 # Every benchmark scenario against real processes on free ports; rewrites docs/benchmarks.md (about 5 minutes).
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench.run_all
+
+# Locust, headless, against a gateway + sidecar it starts; CSV and HTML land in loadtests/results/.
+loadtest: setup
+	$(BIN)/python -m loadtests.run $(LOADTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
