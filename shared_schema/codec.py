@@ -68,6 +68,14 @@ def encode(envelope: Envelope) -> bytes:
     return msgpack.packb(wire, use_bin_type=True)
 
 
+def _field(wire: dict[str, Any], key: str, types: tuple[type, ...], expected: str, envelope_id: str) -> Any:
+    """An optional field of the wire map, checked for type (bools are not numbers here)."""
+    value = wire.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, types)):
+        raise DecodeError("bad_field", f"{key} must be {expected}", envelope_id=envelope_id or None)
+    return value
+
+
 def decode(frame: bytes, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Envelope:
     """Parse one frame into an ``Envelope`` or raise ``DecodeError``."""
     if len(frame) > max_bytes:
@@ -94,21 +102,11 @@ def decode(frame: bytes, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Envelope:
     if kind is None:
         raise DecodeError("bad_field", f"unknown kind {wire.get('k')!r:.50}", envelope_id=envelope_id or None)
 
-    deadline = wire.get("dl")
-    if deadline is not None and (isinstance(deadline, bool) or not isinstance(deadline, int | float)):
-        raise DecodeError("bad_field", "dl must be a number", envelope_id=envelope_id or None)
-    tool = wire.get("t")
-    if tool is not None and not isinstance(tool, str):
-        raise DecodeError("bad_field", "t must be a string", envelope_id=envelope_id or None)
-    arguments = wire.get("a")
-    if arguments is not None and not isinstance(arguments, dict):
-        raise DecodeError("bad_field", "a must be a map", envelope_id=envelope_id or None)
-    trace_id = wire.get("tr")
-    if trace_id is not None and not isinstance(trace_id, str):
-        raise DecodeError("bad_field", "tr must be a string", envelope_id=envelope_id or None)
-    body = wire.get("b")
-    if body is not None and not isinstance(body, dict):
-        raise DecodeError("bad_field", "b must be a map", envelope_id=envelope_id or None)
+    deadline = _field(wire, "dl", (int, float), "a number", envelope_id)
+    tool = _field(wire, "t", (str,), "a string", envelope_id)
+    arguments = _field(wire, "a", (dict,), "a map", envelope_id)
+    trace_id = _field(wire, "tr", (str,), "a string", envelope_id)
+    body = _field(wire, "b", (dict,), "a map", envelope_id)
     raw_error = wire.get("e")
     error = ErrorInfo.from_wire(raw_error) if raw_error is not None else None
 

@@ -40,14 +40,7 @@ def test_sigterm_drains_in_flight_calls_then_exits_0(tmp_path: Path) -> None:
 
 
 def test_supervisor_starts_both_and_stops_both_on_sigint(tmp_path: Path) -> None:
-    port, admin, bridge = free_port(), free_port(), free_port()
-    env = base_env(
-        GATEWAY_PORT=str(port),
-        GATEWAY_BRIDGE_ENDPOINT=f"tcp://127.0.0.1:{bridge}",
-        SIDECAR_BRIDGE_ENDPOINT=f"tcp://127.0.0.1:{bridge}",
-        SIDECAR_ADMIN_PORT=str(admin),
-        SIDECAR_DATA_DIR=str(tmp_path / "data"),
-    )
+    port, _admin, env = _supervised_env(tmp_path)
     log = (tmp_path / "supervisor.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "supervisor"], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
@@ -67,14 +60,7 @@ def test_supervisor_starts_both_and_stops_both_on_sigint(tmp_path: Path) -> None
 
 
 def test_supervisor_exits_nonzero_when_a_child_dies(tmp_path: Path) -> None:
-    port, admin, bridge = free_port(), free_port(), free_port()
-    env = base_env(
-        GATEWAY_PORT=str(port),
-        GATEWAY_BRIDGE_ENDPOINT=f"tcp://127.0.0.1:{bridge}",
-        SIDECAR_BRIDGE_ENDPOINT=f"tcp://127.0.0.1:{bridge}",
-        SIDECAR_ADMIN_PORT=str(admin),
-        SIDECAR_DATA_DIR=str(tmp_path / "data"),
-    )
+    port, admin, env = _supervised_env(tmp_path)
     proc = subprocess.Popen(
         [sys.executable, "-m", "supervisor"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -87,6 +73,19 @@ def test_supervisor_exits_nonzero_when_a_child_dies(tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def _supervised_env(tmp_path: Path) -> tuple[int, int, dict[str, str]]:
+    """Ports and environment for one supervised gateway + sidecar pair."""
+    port, admin, bridge = free_port(), free_port(), free_port()
+    env = base_env(
+        GATEWAY_PORT=str(port),
+        GATEWAY_BRIDGE_ENDPOINT=f"tcp://127.0.0.1:{bridge}",
+        SIDECAR_BRIDGE_ENDPOINT=f"tcp://127.0.0.1:{bridge}",
+        SIDECAR_ADMIN_PORT=str(admin),
+        SIDECAR_DATA_DIR=str(tmp_path / "data"),
+    )
+    return port, admin, env
 
 
 def _ready(port: int) -> bool:
