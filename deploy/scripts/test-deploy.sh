@@ -67,15 +67,21 @@ check_runtime() {
 }
 
 build_image() {
-  local log
+  # --layers=false: no intermediate images are kept (the sources change on every commit, so
+  # the builder's layers would rarely be reused); the image this replaces is removed.
+  local log previous
   log=$(mktemp)
-  if ! podman build --format docker --network=none --build-arg "BASE_IMAGE=$BASE_IMAGE" \
+  previous=$(podman image inspect --format '{{.Id}}' "$MCP_P2P_TEST_IMAGE" 2>/dev/null || true)
+  if ! podman build --format docker --network=none --layers=false --build-arg "BASE_IMAGE=$BASE_IMAGE" \
       -f deploy/Dockerfile -t "$MCP_P2P_TEST_IMAGE" . >"$log" 2>&1; then
     tail -n 40 "$log" >&2
     rm -f "$log"
     exit 1
   fi
   rm -f "$log"
+  if [ -n "$previous" ] && [ "$previous" != "$(podman image inspect --format '{{.Id}}' "$MCP_P2P_TEST_IMAGE")" ]; then
+    podman rmi "$previous" >/dev/null 2>&1 || true
+  fi
   echo "image $MCP_P2P_TEST_IMAGE: $(podman image inspect "$MCP_P2P_TEST_IMAGE" --format '{{.Size}}' |
     awk '{printf "%.0f MB", $1 / 1000 / 1000}') (base $BASE_IMAGE: $(podman image inspect "$BASE_IMAGE" \
     --format '{{.Size}}' | awk '{printf "%.0f MB", $1 / 1000 / 1000}'))"
