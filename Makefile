@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: setup run test lint format clean bench loadtest
+.PHONY: setup run test lint format clean bench loadtest deploy-tools test-deploy
 
 setup: $(STAMP)
 
@@ -21,8 +21,17 @@ $(STAMP): pyproject.toml scripts/ensure-build-deps.sh
 run: setup
 	$(BIN)/python -m supervisor
 
-test: setup lint
+test: setup lint deploy-tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# systemd-analyze, for the unit checks in tests/test_deploy_files.py.
+deploy-tools:
+	@deploy/scripts/ensure-systemd-analyze.sh
+
+# Real containers: the image, the Kubernetes pod (podman kube play), the compose file
+# (podman-compose) and the systemd units' commands, each with an MCP call. See deploy/README.md.
+test-deploy: setup
+	deploy/scripts/test-deploy.sh
 
 lint: setup
 	$(BIN)/ruff check .

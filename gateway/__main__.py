@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import logging
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from gateway.settings import GatewaySettings
+from shared_schema import sd_notify
 from shared_schema.settings_types import describe_settings_error
 
 
@@ -37,6 +39,15 @@ class _Server(uvicorn.Server):
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started:  # listening, lifespan done: tell systemd (Type=notify) we are up
+            sd_notify.notify("READY=1", f"STATUS=serving HTTP on {self.config.host}:{self.config.port}")
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        sd_notify.notify("STOPPING=1", "STATUS=draining")
+        await super().shutdown(sockets=sockets)
 
 
 def parse_args(argv: list[str] | None) -> dict[str, Any]:

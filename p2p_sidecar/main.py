@@ -26,6 +26,7 @@ from p2p_sidecar.metrics import SidecarMetrics
 from p2p_sidecar.settings import SidecarSettings
 from p2p_sidecar.tools import ToolCatalog
 from p2p_sidecar.tools.service import register_service_tools
+from shared_schema import sd_notify
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,7 @@ class Sidecar:
                 await root.start(self.bridge.run)
                 self.ready = True
                 log.info("sidecar ready (bridge %s, admin port %s)", self.settings.bridge_endpoint, self.admin.bound)
+                sd_notify.notify("READY=1", f"STATUS=bridge on {self.settings.bridge_endpoint}")
                 task_status.started()
                 async for signum in signals:
                     log.info("received %s: draining", signal.Signals(signum).name)
@@ -95,6 +97,7 @@ class Sidecar:
 
     async def _drain(self) -> None:
         self.ready = False
+        sd_notify.notify("STOPPING=1", "STATUS=draining in-flight work")
         self.bridge.stop_accepting()
         grace = self.settings.shutdown_grace_seconds
         with trio.move_on_after(grace) as scope:
