@@ -42,6 +42,9 @@ from shared_schema import (
 
 log = logging.getLogger(__name__)
 
+FLUSH_ON_CLOSE_MS = 500
+"""How long closing the bridge waits for queued replies to be sent."""
+
 
 class BridgeStartupError(RuntimeError):
     """The bridge could not bind; the message says which endpoint and why."""
@@ -122,7 +125,9 @@ class BridgeServer:
                 await self._receive_loop(nursery)
         finally:
             self._tsock = None
-            sock.close(linger=0)
+            # Replies to the calls the drain let finish may still sit in ZeroMQ's queue:
+            # give them a moment to leave instead of discarding them with the socket.
+            sock.close(linger=FLUSH_ON_CLOSE_MS)
             context.term()
 
     def stop_accepting(self) -> None:
@@ -224,18 +229,20 @@ class BridgeServer:
         try:
             with scope:
                 reply = await self._run_tool(envelope)
+            self.handled_calls += 1
+            self._metrics.call_latency.observe(time.perf_counter() - started)
+            if reply is None:  # cancelled by the caller, or its deadline passed: nobody is waiting for an answer
+                outcome = ErrorCode.TIMEOUT if trio.current_time() >= scope.deadline else ErrorCode.CANCELLED
+                self._metrics.calls.labels(outcome.value).inc()
+            else:
+                outcome_label = "ok" if reply.kind is Kind.RESULT else reply.error.code.value  # type: ignore[union-attr]
+                self._metrics.calls.labels(outcome_label).inc()
+                self._send(identity, reply)
         finally:
+            # Only now is the call over (its reply queued): a drain waiting for idle may proceed.
             del self._running[(identity, envelope.id)]
             if not self._running:
                 self._idle.set()
-        self.handled_calls += 1
-        self._metrics.call_latency.observe(time.perf_counter() - started)
-        if reply is None:  # cancelled by the caller, or its deadline passed: nobody is waiting for an answer
-            outcome = ErrorCode.TIMEOUT if trio.current_time() >= scope.deadline else ErrorCode.CANCELLED
-            self._metrics.calls.labels(outcome.value).inc()
-            return
-        self._metrics.calls.labels("ok" if reply.kind is Kind.RESULT else reply.error.code.value).inc()  # type: ignore[union-attr]
-        self._send(identity, reply)
 
     async def _run_tool(self, envelope: Envelope) -> Envelope:
         tool = self._catalog.get(envelope.tool or "")
