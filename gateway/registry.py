@@ -113,12 +113,22 @@ class ToolRegistry:
                     await anyio.to_thread.run_sync(collection.resolve_all, pending)
         self._install(collection.modules)
 
+    async def prepare_category(self, category: str) -> None:
+        """Like ``prepare_listing``, for one category's modules only."""
+        collection = self._collection
+        if collection is None:
+            return
+        pending = [m for m in collection.modules_of(category) if m.resolution is None and m.cached is None]
+        if pending:
+            await anyio.to_thread.run_sync(collection.resolve_all, pending)
+        self._install(collection.modules_of(category))
+
     async def resolve(self, name: str) -> None:
         """Make sure tool ``name`` is loaded if a collection module provides it (imports at most once)."""
         collection = self._collection
         if collection is None or name in self._local:
             return
-        if collection.candidates(name):
+        if collection.has_candidates(name):
             await anyio.to_thread.run_sync(collection.resolve_name, name)
         self._install(collection.modules_of(name.partition(".")[0]))
 
@@ -140,6 +150,13 @@ class ToolRegistry:
                 visible = [s.to_wire() for s in module.cached] != [t.spec.to_wire() for t in resolution.tools]
         if changed:
             self._changed(visible=visible)
+
+    def category_names(self) -> list[str]:
+        """Every category, including a mounted collection's not yet imported ones."""
+        names = set(self.categories())
+        if self._collection is not None:
+            names.update(self._collection.categories)
+        return sorted(names)
 
     def category_description(self, category: str) -> str:
         return self._collection.categories.get(category, "") if self._collection is not None else ""

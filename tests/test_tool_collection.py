@@ -72,10 +72,23 @@ def _structured(result: types.CallToolResult) -> Any:
     return result.structured_content
 
 
-async def test_start_up_imports_no_tool_module(stack: Stack) -> None:
+async def test_start_up_imports_no_tool_module_and_browsing_imports_what_it_names(stack: Stack) -> None:
     status, health = http_json("GET", stack.url + "/health")
     assert status == 200
     assert health["collection"] == {"modules": 402, "imported": 0, "failed": 0, "cached": 0}
+    _, listed = http_json("POST", stack.url + "/tools/execute/tools_list_categories", {})
+    names = [entry["name"] for entry in listed["result"]["categories"]]
+    assert set(stack.manifest.categories) | {"demo"} <= set(names)
+    _, health = http_json("GET", stack.url + "/health")
+    assert health["collection"]["imported"] == 0
+    _, tools = http_json("POST", stack.url + "/tools/execute/tools_list_tools", {"category": "billing_tools"})
+    assert tools["result"]["tool_count"] == 10
+    _, schema = http_json(
+        "POST", stack.url + "/tools/execute/tools_get_schema", {"category": "chart_tools", "tool": "find_record"}
+    )
+    assert schema["result"]["schema"]["input_schema"]["required"] == ["record_id"]
+    _, health = http_json("GET", stack.url + "/health")
+    assert health["collection"]["imported"] == 8 + 1  # billing_tools' modules, then chart_tools/lookup.py alone
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -4,9 +4,10 @@ Agents written for the seed browse a large collection through four tools
 instead of one huge ``tools/list``; names, arguments and result shapes are the
 seed's (``status``, ``categories``, ``tools``...).  A tool's category is its
 metadata's ``category``; its short name is its name without a ``category.``
-prefix.  Collection modules are imported as the seed's manager imported them:
-listing needs the whole collection, a schema or a dispatch only the module
-that holds the tool.
+prefix.  Collection modules are imported as the seed's manager imported them: a
+category listing imports that category's modules, a schema or a dispatch only
+the module holding the tool, and only counting tools needs the whole
+collection (the schema cache spares all of these imports where it can).
 """
 
 from __future__ import annotations
@@ -42,25 +43,23 @@ def _summary(description: str) -> str:
 def register_meta_tools(registry: ToolRegistry, router: RuntimeRouter) -> None:
     async def tools_list_categories(include_count: bool = False) -> dict[str, Any]:
         """List the tool categories; with include_count, how many tools each holds."""
-        await registry.prepare_listing()
+        if include_count:  # counting needs every module's tools; names alone need no import
+            await registry.prepare_listing()
+        counts = registry.categories()
         categories = []
-        for name, tools in registry.categories().items():
+        for name in registry.category_names():
             entry: dict[str, Any] = {"name": name, "description": registry.category_description(name)}
             if include_count:
-                entry["tool_count"] = len(tools)
+                entry["tool_count"] = len(counts.get(name, ()))
             categories.append(entry)
         return {"status": "success", "category_count": len(categories), "categories": categories}
 
     async def tools_list_tools(category: str) -> dict[str, Any]:
         """List the tools of one category (name and one-line description)."""
-        await registry.prepare_listing()
-        categories = registry.categories()
+        categories = registry.category_names()
         if category not in categories:
-            return {
-                "status": "error",
-                "error": f"Category '{category}' not found",
-                "available_categories": list(categories),
-            }
+            return {"status": "error", "error": f"Category '{category}' not found", "available_categories": categories}
+        await registry.prepare_category(category)
         specs = [spec for spec in registry.specs() if spec.metadata.category == category]
         tools = [{"name": _short_name(spec), "description": _summary(spec.description)} for spec in specs]
         description = registry.category_description(category)

@@ -135,17 +135,36 @@ class ToolCollection:
         """Unimported modules whose tools are not known from the cache: a complete listing needs them."""
         return [m for m in self.modules if m.resolution is None and m.cached is None]
 
-    def candidates(self, name: str) -> list[LazyModule]:
-        """Unimported modules that may provide tool ``name``, the likeliest first (empty: nothing to import)."""
-        category, _, short = name.partition(".")
+    def _pending(self, name: str) -> list[LazyModule]:
+        """Unimported modules that may provide ``name`` (never one whose cached specs lack it)."""
+        category = name.partition(".")[0]
         pending = [m for m in self._by_category.get(category, ()) if m.resolution is None]
-        if not pending:
-            return []
         named = [m for m in pending if name in (m.known_names() or ()) or m.source.tool_name == name]
-        if named:
-            return named
-        unknown = [m for m in pending if m.known_names() is None]
-        return sorted(unknown, key=lambda m: (m.source.stem != short, m.source.stem not in short))
+        return named or [m for m in pending if m.known_names() is None]
+
+    def has_candidates(self, name: str) -> bool:
+        """Whether a call to ``name`` must import something first (cheap: no I/O, for the event loop)."""
+        return bool(self._pending(name))
+
+    def candidates(self, name: str) -> list[LazyModule]:
+        """The modules to try for ``name``, likeliest first: the stem is the name, is in it, or the file mentions it.
+
+        Reads the candidates' source text (a function named unlike its file is found without importing its
+        neighbours), so call it from a worker thread.
+        """
+        short = name.partition(".")[2]
+
+        def mentions(module: LazyModule) -> bool:
+            path = module.source.path
+            try:
+                return path is not None and short in path.read_text(encoding="utf-8", errors="replace")
+            except OSError:
+                return False
+
+        return sorted(
+            self._pending(name),
+            key=lambda m: (m.source.stem != short, m.source.stem not in short, not mentions(m)),
+        )
 
     def resolve_name(self, name: str) -> list[LazyModule]:
         """Import candidates until one provides ``name``; returns the modules imported (blocking)."""

@@ -4,7 +4,7 @@ A distribution declares, in its ``pyproject.toml``::
 
     [project.entry-points."mcp_p2p.tools"]
     text = "my_tools.text"              # a module: its functions, by the directory naming rule
-    text.shout = "my_tools.extra:shout" # one function, named text.shout
+    "text.shout" = "my_tools.extra:shout"  # one function, named text.shout
 
 The entry point's name is the category, optionally followed by ``.<tool>``
 when its value names one function.  Listing the group reads only the
