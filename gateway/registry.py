@@ -26,7 +26,7 @@ import anyio
 import anyio.to_thread
 
 from shared_schema import ToolSpec
-from shared_schema.compat import LazyModule, ToolCollection
+from shared_schema.compat import LazyModule, ToolCollection, is_stand_in
 from shared_schema.function_tool import FunctionTool
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ class ToolRegistry:
         remote = {spec.name: spec for spec in specs}
         if remote == self._remote:
             return False
-        shadowed = sorted(name for name in remote if name in self._local and not self._local[name].metadata.runs_on_p2p)
+        shadowed = sorted(name for name in remote if name in self._local and self.local_tool(name) is not None)
         if shadowed:
             log.warning("sidecar tools shadowed by local tools of the same name: %s", ", ".join(shadowed))
         self._remote = remote
@@ -168,7 +168,7 @@ class ToolRegistry:
     def route(self, name: str) -> Route | None:
         """Local non-P2P tools run here; everything else the sidecar announced goes over the bridge."""
         local = self._local.get(name)
-        if local is not None and not local.metadata.runs_on_p2p:
+        if local is not None and not local.metadata.runs_on_p2p and not (is_stand_in(local) and name in self._remote):
             return Route(local.spec, local)
         remote = self._remote.get(name)
         if remote is not None:
@@ -183,7 +183,9 @@ class ToolRegistry:
 
     def local_tool(self, name: str) -> LocalTool | None:
         tool = self._local.get(name)
-        return tool if tool is not None and not tool.metadata.runs_on_p2p else None
+        if tool is None or tool.metadata.runs_on_p2p or (is_stand_in(tool) and name in self._remote):
+            return None
+        return tool
 
     def specs(self) -> tuple[ToolSpec, ...]:
         """Every tool, each name once (local wins a clash), sorted by name."""
@@ -191,13 +193,15 @@ class ToolRegistry:
         if cache is not None and cache[0] == self.revision:
             return cache[1]
         merged: dict[str, ToolSpec] = dict(self._remote)
-        local = [tool.spec for tool in self._local.values()]
+        # (spec, whether it yields to a sidecar tool of the same name): P2P-marked tools and stand-ins do
+        local = [(tool.spec, tool.metadata.runs_on_p2p or is_stand_in(tool)) for tool in self._local.values()]
         if self._collection is not None:  # not imported yet: shown from the schema cache
             for module in self._collection.modules:
                 if id(module) not in self._installed and module.cached is not None:
-                    local.extend(spec for spec in module.cached if spec.name not in self._local)
-        for spec in local:
-            if not spec.metadata.runs_on_p2p or spec.name not in merged:
+                    cached = (spec for spec in module.cached if spec.name not in self._local)
+                    local.extend((spec, spec.metadata.runs_on_p2p) for spec in cached)
+        for spec, yields in local:
+            if not yields or spec.name not in merged:
                 merged[spec.name] = spec
         specs = tuple(merged[name] for name in sorted(merged))
         self._specs_cache = (self.revision, specs)

@@ -21,7 +21,7 @@ from shared_schema.compat import SchemaCache, ToolCollection, scan_tool_dirs
 from shared_schema.compat.flavour import adapt_for_host, coroutine_flavour
 from shared_schema.compat.rules import tool_metadata_for
 from shared_schema.compat.scan import ModuleSource
-from shared_schema.tool_metadata import ToolMetadata, tool_metadata
+from shared_schema.tool_metadata import ToolMetadata, ToolSpec, tool_metadata
 from tests.procs import ROOT, base_env
 from tests.toolgen import generate, write_demo_distribution
 
@@ -248,3 +248,38 @@ def test_entry_points_are_found_through_installed_metadata(tmp_path: Path) -> No
         ["demo.text_length", False],
         ["demo.text_upper", False],
     ]
+
+
+def test_a_cached_module_that_no_longer_imports_fails_under_every_listed_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "compat_dep_xyz.py").write_text("VALUE = 1\n")
+    monkeypatch.syspath_prepend(str(lib))
+    _module(tmp_path, "data", "multi", "import compat_dep_xyz\n\ndef first(): ...\n\ndef second(): ...\n")
+    warm = ToolCollection(scan_tool_dirs([tmp_path]), host="asyncio", cache=SchemaCache(tmp_path / "c"))
+    warm.resolve_all(warm.modules)
+    (lib / "compat_dep_xyz.py").unlink()  # a dependency outside the collection goes away: the cache cannot see it
+    monkeypatch.delitem(sys.modules, "compat_dep_xyz")
+    for name in [n for n in sys.modules if n.endswith(".data.multi")]:
+        monkeypatch.delitem(sys.modules, name)
+    again = ToolCollection(scan_tool_dirs([tmp_path]), host="asyncio", cache=SchemaCache(tmp_path / "c"))
+    resolution = again.modules[0].resolve()
+    assert resolution.error is not None and sorted(resolution.names) == ["data.first", "data.second"]
+    assert all(t.spec.description.startswith("[UNAVAILABLE: module tools/data/multi.py") for t in resolution.tools)
+
+
+@pytest.mark.anyio
+async def test_a_stand_in_yields_to_the_sidecars_tool_of_the_same_name(tmp_path: Path) -> None:
+    """The gateway cannot import a module the sidecar can: the sidecar's tool is listed and called."""
+    _module(tmp_path, "data", "gone", "import not_installed_here_xyz\n\ndef gone(): ...\n")
+    registry = ToolRegistry()
+    registry.mount(ToolCollection(scan_tool_dirs([tmp_path]), host="asyncio"))
+    await registry.prepare_listing()
+    assert registry.route("data.gone").local is not None  # type: ignore[union-attr]  # the stand-in answers
+    remote = ToolSpec(name="data.gone", input_schema={"type": "object"}, metadata=ToolMetadata(runtime="trio"))
+    registry.replace_remote([remote])
+    route = registry.route("data.gone")
+    assert route is not None and route.is_p2p and registry.local_tool("data.gone") is None
+    assert [spec for spec in registry.specs() if spec.name == "data.gone"] == [remote]

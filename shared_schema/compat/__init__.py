@@ -10,7 +10,7 @@ sidecar each add their own glue (``gateway/collection.py``,
 """
 
 from shared_schema.compat.cache import SchemaCache
-from shared_schema.compat.collection import LazyModule, Resolution, ToolCollection, unavailable_tool
+from shared_schema.compat.collection import LazyModule, Resolution, ToolCollection, is_stand_in, unavailable_tool
 from shared_schema.compat.entry_points import ENTRY_POINT_GROUP, entry_point_sources
 from shared_schema.compat.rules import may_hold_p2p_tools, select_functions, tool_metadata_for
 from shared_schema.compat.scan import ModuleSource, ScanResult, scan_tool_dirs
@@ -24,6 +24,7 @@ __all__ = [
     "SchemaCache",
     "ToolCollection",
     "entry_point_sources",
+    "is_stand_in",
     "may_hold_p2p_tools",
     "scan_tool_dirs",
     "select_functions",

@@ -7,9 +7,10 @@ and resolves them all before it opens its bridge.  Resolution is blocking
 (imports, schema building) and meant for a worker thread; a lock per module
 makes concurrent callers share one import.
 
-A module that fails to import resolves to one placeholder tool named
-``<category>.<module>`` (or the entry point's tool name) whose description
-starts with ``[UNAVAILABLE: ...]`` and whose every call answers a
+A module that fails to import resolves to a placeholder tool named
+``<category>.<module>`` (or the entry point's tool name, or, when the schema
+cache listed the module before, one under each name it listed) whose
+description starts with ``[UNAVAILABLE: ...]`` and whose every call answers a
 ``tool_unavailable`` error with the reason; the traceback is logged once.  A
 function whose signature cannot become a schema gets the same treatment under
 its own name.  Neither is retried until the process restarts.
@@ -44,10 +45,16 @@ def unavailable_tool(name: str, category: str, reason: str) -> FunctionTool:
     async def unavailable(**_arguments: Any) -> Any:
         raise BridgeError(ErrorCode.TOOL_UNAVAILABLE, f"tool {name!r} is unavailable: {reason}")
 
+    unavailable.unavailable_reason = reason  # type: ignore[attr-defined]
     metadata = ToolMetadata(
         name=name, category=category, runtime="fastapi", mcp_description=f"{UNAVAILABLE_PREFIX}{reason}]"
     )
     return FunctionTool.from_function(unavailable, name=name, metadata=metadata)
+
+
+def is_stand_in(tool: FunctionTool) -> bool:
+    """Whether ``tool`` only stands in for one that could not be loaded (a real tool of its name wins)."""
+    return getattr(tool.fn, "unavailable_reason", None) is not None
 
 
 def build_tool(name: str, fn: Callable[..., Any], source: ModuleSource, host: Host) -> FunctionTool:
@@ -108,9 +115,12 @@ class LazyModule:
             loaded = load(source)
         except ModuleLoadError as exc:
             log.error("tool module %s failed to import: %s\n%s", source.label, exc.reason, exc.details.rstrip())
-            name = source.tool_name or f"{source.category}.{source.stem}"
             reason = f"module {source.label} failed to import: {exc.reason}"
-            return Resolution((unavailable_tool(name, source.category, reason),), exc, complete=False)
+            # The names it was listed under (from the cache), or, never having been seen, the module's own.
+            own = source.tool_name or f"{source.category}.{source.stem}"
+            names = [spec.name for spec in self.cached or ()] or [own]
+            stand_ins = tuple(unavailable_tool(name, source.category, reason) for name in names)
+            return Resolution(stand_ins, exc, complete=False)
         tools = tuple(build_tool(name, fn, source, self._host) for name, fn in select_functions(loaded, source))
         complete = not any((tool.spec.description or "").startswith(UNAVAILABLE_PREFIX) for tool in tools)
         if not tools:
