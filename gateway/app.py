@@ -21,6 +21,7 @@ from starlette.routing import Route
 
 from gateway import __version__
 from gateway.bridge_client import BridgeClient
+from gateway.collection import build_collection
 from gateway.mcp_server import GatewayMCP
 from gateway.metrics import GatewayMetrics
 from gateway.registry import ToolRegistry
@@ -54,6 +55,9 @@ class Gateway:
         self.router = RuntimeRouter(self.registry, self.bridge, self.metrics, timeout_cap=settings.call_timeout_cap)
         register_builtin_tools(self.registry)
         register_meta_tools(self.registry, self.router)
+        collection = build_collection(settings)
+        if collection is not None:
+            self.registry.mount(collection)
         self.mcp = GatewayMCP(self.registry, self.router, max_body_bytes=4 * 1024 * 1024)
         self.registry.on_change(self._count_tools)
         self._count_tools()
@@ -87,6 +91,7 @@ class Gateway:
             "ready": self.ready,
             "tools": len(self.registry),
             "bridge": bridge,
+            "collection": self.registry.collection_status(),
         }
 
     @asynccontextmanager

@@ -3,6 +3,7 @@
     code               REST status   JSON-RPC (/mcp and /mcp/tools/call)
     unknown_tool       404           -32602 on /mcp (the MCP spec), -32601 on the seed's REST face
     invalid_arguments  422           -32602
+    tool_unavailable   503           a tool result with isError: true (no Retry-After: retrying will not help)
     everything else    see below     a tool result with isError: true
 
 A tool that ran and failed, timed out, or could not reach the sidecar is an
@@ -34,6 +35,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.BAD_FRAME: 502,
     ErrorCode.VERSION_MISMATCH: 502,
     ErrorCode.INTERNAL: 500,
+    ErrorCode.TOOL_UNAVAILABLE: 503,  # not retryable: no Retry-After until the module or sidecar is fixed
 }
 
 RETRYABLE: frozenset[ErrorCode] = frozenset({ErrorCode.BUSY, ErrorCode.UNAVAILABLE})

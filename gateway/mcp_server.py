@@ -153,6 +153,7 @@ class GatewayMCP:
             self._sessions.move_to_end(session_id)
             while len(self._sessions) > MAX_NOTIFIED_SESSIONS:
                 self._sessions.popitem(last=False)
+        await self._registry.prepare_listing()
         return self.listing()
 
     def listing(self) -> types.ListToolsResult:
@@ -178,9 +179,13 @@ class GatewayMCP:
 
     # -- change notification -----------------------------------------------------
     async def _notify_changes(self) -> None:
+        notified = self._registry.listing_revision
         while True:
             await self._changed.wait()
             self._changed.clear()
+            if self._registry.listing_revision == notified:
+                continue  # e.g. a collection module imported with the specs its cache already showed
+            notified = self._registry.listing_revision
             await self._bus.publish(ToolsListChanged())
             for session_id, session in list(self._sessions.items()):
                 try:

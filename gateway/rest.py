@@ -70,6 +70,7 @@ def build_rest_router(registry: ToolRegistry, router: RuntimeRouter) -> APIRoute
 
     @api.get("/tools/list", tags=["tools"], summary="List every tool (local and P2P)")
     async def tools_list() -> Response:
+        await registry.prepare_listing()
         specs = registry.specs()
         return _json(
             {"tools": [_rest_tool(s) for s in specs], "count": len(specs), "categories": registry.categories()}
@@ -98,6 +99,7 @@ def build_rest_router(registry: ToolRegistry, router: RuntimeRouter) -> APIRoute
             except json.JSONDecodeError as exc:
                 return _jsonrpc_error(None, JSONRPC_PARSE_ERROR, f"Parse error: {exc.msg}", status=400)
             request_id = payload.get("id") if isinstance(payload, dict) else None
+        await registry.prepare_listing()
         tools = [
             {"name": s.name, "description": s.description, "inputSchema": s.input_schema} for s in registry.specs()
         ]

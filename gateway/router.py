@@ -31,6 +31,7 @@ class RuntimeRouter:
 
     async def call(self, name: str, arguments: dict[str, Any] | None, *, trace_id: str | None = None) -> Any:
         """Run tool ``name``; returns its JSON-able result or raises ``BridgeError``."""
+        await self.registry.resolve(name)
         route = self.registry.route(name)
         if route is None:
             self._metrics.tool_calls.labels("none", ErrorCode.UNKNOWN_TOOL.value).inc()
@@ -46,6 +47,12 @@ class RuntimeRouter:
                 return await route.local.invoke(arguments or {}, timeout)
             if self.bridge is None:
                 raise BridgeError(ErrorCode.UNAVAILABLE, "P2P sidecar unavailable (the gateway runs without a bridge)")
+            if self.bridge.available and not self.registry.announced(name):
+                raise BridgeError(
+                    ErrorCode.TOOL_UNAVAILABLE,
+                    f"{name} runs on the P2P runtime but the connected sidecar does not serve it "
+                    "(load its module there: SIDECAR_TOOL_DIRS)",
+                )
             return await self.bridge.call(name, arguments or {}, timeout=timeout, trace_id=trace_id)
         except BridgeError as exc:
             outcome = exc.code.value
@@ -57,6 +64,7 @@ class RuntimeRouter:
     async def serve_inbound(self, envelope: Envelope) -> Envelope:
         """A call that came over the bridge from a remote peer: only this gateway's local tools answer."""
         name = envelope.tool or ""
+        await self.registry.resolve(name)
         tool = self.registry.local_tool(name)
         if tool is None:
             return envelope.fail(ErrorInfo(ErrorCode.UNKNOWN_TOOL, f"no local tool {name!r} on this gateway"))

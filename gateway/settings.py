@@ -6,10 +6,10 @@ environment after start-up.  Every field is documented in the README table.
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared_schema.settings_types import CommaList, Endpoint
+from shared_schema.settings_types import CommaList, Endpoint, check_tool_dirs
 
 
 class GatewaySettings(BaseSettings):
@@ -29,5 +29,17 @@ class GatewaySettings(BaseSettings):
     allowed_hosts: CommaList = Field(default_factory=list, description="Extra Host values /mcp accepts.")
     allowed_origins: CommaList = Field(default_factory=list, description="Extra Origin values /mcp accepts.")
     tool_dirs: CommaList = Field(default_factory=list, description="Directories of tools/<category>/<tool>.py.")
+    tool_entry_points: bool = Field(
+        True, description="Also mount tools installed under the mcp_p2p.tools entry points."
+    )
+    tool_cache_dir: str | None = Field(
+        None,
+        description="Tool-schema cache folder (default ${XDG_CACHE_HOME:-~/.cache}/mcp-p2p); 'off' disables it.",
+    )
     log_level: str = Field("info", pattern="^(critical|error|warning|info|debug)$", description="Log level.")
     graceful_shutdown_seconds: float = Field(10.0, ge=0, description="How long SIGTERM waits for calls.")
+
+    @field_validator("tool_dirs")
+    @classmethod
+    def tool_dirs_exist(cls, value: list[str]) -> list[str]:
+        return check_tool_dirs(value)

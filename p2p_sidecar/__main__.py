@@ -24,6 +24,7 @@ def parse_args(argv: list[str] | None) -> dict[str, Any]:
     parser.add_argument("--admin-host", help="admin HTTP bind address (SIDECAR_ADMIN_HOST, default 127.0.0.1)")
     parser.add_argument("--admin-port", type=int, help="admin HTTP port (SIDECAR_ADMIN_PORT, default 8002)")
     parser.add_argument("--data-dir", help="state directory (SIDECAR_DATA_DIR)")
+    parser.add_argument("--tool-dirs", help="comma-separated tool directories with P2P tools (SIDECAR_TOOL_DIRS)")
     parser.add_argument("--log-level", help="critical, error, warning, info or debug (SIDECAR_LOG_LEVEL)")
     args = parser.parse_args(argv)
     overrides = {
@@ -31,6 +32,7 @@ def parse_args(argv: list[str] | None) -> dict[str, Any]:
         "admin_host": args.admin_host,
         "admin_port": args.admin_port,
         "data_dir": args.data_dir,
+        "tool_dirs": args.tool_dirs,
         "log_level": args.log_level,
     }
     return {key: value for key, value in overrides.items() if value is not None}

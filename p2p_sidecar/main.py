@@ -25,6 +25,7 @@ from p2p_sidecar.bridge_server import BridgeServer
 from p2p_sidecar.metrics import SidecarMetrics
 from p2p_sidecar.settings import SidecarSettings
 from p2p_sidecar.tools import ToolCatalog
+from p2p_sidecar.tools.collection import load_tool_collection
 from p2p_sidecar.tools.service import register_service_tools
 from shared_schema import sd_notify
 
@@ -83,6 +84,7 @@ class Sidecar:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with trio.open_nursery() as root:
                 await root.start(self.admin.run)
+                await load_tool_collection(self.catalog, self.settings)
                 await root.start(self.bridge.run)
                 self.ready = True
                 log.info("sidecar ready (bridge %s, admin port %s)", self.settings.bridge_endpoint, self.admin.bound)

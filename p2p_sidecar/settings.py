@@ -8,10 +8,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared_schema.settings_types import CommaList, Endpoint
+from shared_schema.settings_types import CommaList, Endpoint, check_tool_dirs
 
 
 def default_data_dir() -> Path:
@@ -38,3 +38,15 @@ class SidecarSettings(BaseSettings):
     remote_tools_allow: CommaList = Field(
         default_factory=list, description="Gateway tools remote peers may call (none by default)."
     )
+    tool_dirs: CommaList = Field(
+        default_factory=list,
+        description="Tool directories (tools/<category>/<tool>.py) whose P2P-marked tools this sidecar serves.",
+    )
+    tool_entry_points: bool = Field(
+        True, description="Also serve P2P-marked tools installed under the mcp_p2p.tools entry points."
+    )
+
+    @field_validator("tool_dirs")
+    @classmethod
+    def tool_dirs_exist(cls, value: list[str]) -> list[str]:
+        return check_tool_dirs(value)

@@ -27,6 +27,8 @@ class ErrorCode(StrEnum):
     BAD_FRAME = "bad_frame"
     CANCELLED = "cancelled"
     INTERNAL = "internal"
+    TOOL_UNAVAILABLE = "tool_unavailable"
+    """The tool is listed but cannot run here: its module failed to load, or no sidecar serves it."""
 
 
 @dataclass(frozen=True, slots=True)

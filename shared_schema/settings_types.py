@@ -9,6 +9,7 @@ how a bad value is reported at start-up.
 from __future__ import annotations
 
 import json
+import os
 from typing import Annotated, Any
 
 from pydantic import BeforeValidator, ValidationError
@@ -57,6 +58,14 @@ def endpoint_is_loopback(endpoint: str) -> bool:
         return True
     host = endpoint[len("tcp://") :].rpartition(":")[0].strip("[]")
     return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def check_tool_dirs(value: list[str]) -> list[str]:
+    """Tool collection directories must exist at start-up, so a typo stops the process instead of hiding tools."""
+    missing = [path for path in value if not os.path.isdir(os.path.expanduser(path))]
+    if missing:
+        raise ValueError(f"not a directory: {', '.join(missing)}")
+    return value
 
 
 def describe_settings_error(exc: ValidationError, env_prefix: str) -> str:

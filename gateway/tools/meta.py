@@ -4,7 +4,10 @@ Agents written for the seed browse a large collection through four tools
 instead of one huge ``tools/list``; names, arguments and result shapes are the
 seed's (``status``, ``categories``, ``tools``...).  A tool's category is its
 metadata's ``category``; its short name is its name without a ``category.``
-prefix.
+prefix.  Collection modules are imported as the seed's manager imported them: a
+category listing imports that category's modules, a schema or a dispatch only
+the module holding the tool, and only counting tools needs the whole
+collection (the schema cache spares all of these imports where it can).
 """
 
 from __future__ import annotations
@@ -28,6 +31,11 @@ def _find(registry: ToolRegistry, category: str, tool: str) -> ToolSpec | None:
     return None
 
 
+async def _resolve(registry: ToolRegistry, category: str, tool: str) -> None:
+    await registry.resolve(f"{category}.{tool}")
+    await registry.resolve(tool)
+
+
 def _summary(description: str) -> str:
     return (description.split("\n", 1)[0] if description else "")[:100]
 
@@ -35,29 +43,37 @@ def _summary(description: str) -> str:
 def register_meta_tools(registry: ToolRegistry, router: RuntimeRouter) -> None:
     async def tools_list_categories(include_count: bool = False) -> dict[str, Any]:
         """List the tool categories; with include_count, how many tools each holds."""
+        if include_count:  # counting needs every module's tools; names alone need no import
+            await registry.prepare_listing()
+        counts = registry.categories()
         categories = []
-        for name, tools in registry.categories().items():
-            entry: dict[str, Any] = {"name": name, "description": ""}
+        for name in registry.category_names():
+            entry: dict[str, Any] = {"name": name, "description": registry.category_description(name)}
             if include_count:
-                entry["tool_count"] = len(tools)
+                entry["tool_count"] = len(counts.get(name, ()))
             categories.append(entry)
         return {"status": "success", "category_count": len(categories), "categories": categories}
 
     async def tools_list_tools(category: str) -> dict[str, Any]:
         """List the tools of one category (name and one-line description)."""
-        categories = registry.categories()
+        categories = registry.category_names()
         if category not in categories:
-            return {
-                "status": "error",
-                "error": f"Category '{category}' not found",
-                "available_categories": list(categories),
-            }
+            return {"status": "error", "error": f"Category '{category}' not found", "available_categories": categories}
+        await registry.prepare_category(category)
         specs = [spec for spec in registry.specs() if spec.metadata.category == category]
         tools = [{"name": _short_name(spec), "description": _summary(spec.description)} for spec in specs]
-        return {"status": "success", "category": category, "description": "", "tool_count": len(tools), "tools": tools}
+        description = registry.category_description(category)
+        return {
+            "status": "success",
+            "category": category,
+            "description": description,
+            "tool_count": len(tools),
+            "tools": tools,
+        }
 
     async def tools_get_schema(category: str, tool: str) -> dict[str, Any]:
         """The full schema of one tool: description, input schema, metadata."""
+        await _resolve(registry, category, tool)
         spec = _find(registry, category, tool)
         if spec is None:
             return {"status": "error", "error": f"Tool '{tool}' not found in category '{category}'"}
@@ -74,11 +90,16 @@ def register_meta_tools(registry: ToolRegistry, router: RuntimeRouter) -> None:
 
     async def tools_dispatch(category: str, tool: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
         """Run a tool by category and name; parameters it does not take are dropped, as the seed did."""
+        await _resolve(registry, category, tool)
         spec = _find(registry, category, tool)
         if spec is None:
             return {"status": "error", "error": f"Tool '{tool}' not found in category '{category}'"}
         params = params or {}
-        if spec.input_schema.get("additionalProperties") is not True:
+        local = registry.local_tool(spec.name)
+        if local is not None:  # the function itself is here: filter by its signature, as the seed did
+            if not local.signature.accepts_extra:
+                params = {key: value for key, value in params.items() if key in local.signature.parameter_names}
+        elif spec.input_schema.get("additionalProperties") is not True:
             accepted = set(spec.input_schema.get("properties", {}))
             params = {key: value for key, value in params.items() if key in accepted}
         try:

@@ -52,6 +52,22 @@ class ToolCatalog:
         self._changed()
         return tool
 
+    def add_tools(self, tools: Iterable[FunctionTool]) -> list[str]:
+        """Register ready-made P2P tools (a mounted collection's) with one change; returns names skipped as taken."""
+        taken = []
+        added = False
+        for tool in tools:
+            if not tool.metadata.runs_on_p2p:
+                raise ValueError(f"{tool.name!r} is not marked for the P2P runtime")
+            if tool.name in self._tools:
+                taken.append(tool.name)
+                continue
+            self._tools[tool.name] = tool
+            added = True
+        if added:
+            self._changed()
+        return taken
+
     def add_all(self, fns: Iterable[Callable[..., Any]], *, category: str, **kwargs: Any) -> None:
         for fn in fns:
             self.add(fn, category=category, **kwargs)

@@ -1,0 +1,99 @@
+"""A persistent cache of collection schemas, so ``tools/list`` need not import hundreds of modules.
+
+Listing a tool means showing its input schema, and the schema comes from the
+function's signature: without a cache the first ``tools/list`` after start-up
+imports every module.  The cache keeps each module's tool specs (name,
+description, schema, metadata) keyed by the module's path and a fingerprint
+(size and mtime of the file and of its category's sibling files; the
+distribution's version for entry points).  A module whose fingerprint still
+matches is listed from the cache and imported only when one of its tools is
+called.
+
+What the fingerprint cannot see is code outside the category folder (an
+installed library whose models a tool uses).  When a module is imported for a
+call, its real specs replace the cached ones, and a difference is announced as
+a tool-list change; deleting the file resets everything.  The whole file is
+ignored after a Python, pydantic or cache-format change.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import tempfile
+import threading
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pydantic
+from pydantic import ValidationError
+
+from shared_schema.compat.scan import ModuleSource
+from shared_schema.tool_metadata import ToolSpec
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+CACHE_FILE = "tool-schemas.json"
+
+
+def _header() -> dict[str, Any]:
+    return {"format": CACHE_FORMAT, "python": list(sys.version_info[:2]), "pydantic": pydantic.VERSION}
+
+
+class SchemaCache:
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / CACHE_FILE
+        self._lock = threading.Lock()
+        self._entries: dict[str, dict[str, Any]] = self._read()
+        self._writable = True
+
+    def _read(self) -> dict[str, dict[str, Any]]:
+        try:
+            raw = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            log.warning("tool schema cache %s unreadable (%s); starting empty", self.path, exc)
+            return {}
+        if not isinstance(raw, dict) or raw.get("header") != _header() or not isinstance(raw.get("modules"), dict):
+            log.info("tool schema cache %s is from another version; starting empty", self.path)
+            return {}
+        return raw["modules"]
+
+    def lookup(self, source: ModuleSource) -> tuple[ToolSpec, ...] | None:
+        """The module's cached specs if its fingerprint still matches, else None."""
+        entry = self._entries.get(source.cache_key)
+        if not isinstance(entry, dict) or entry.get("fingerprint") != source.fingerprint:
+            return None
+        try:
+            return tuple(ToolSpec.from_wire(raw) for raw in entry["tools"])
+        except (ValidationError, TypeError, KeyError):
+            return None
+
+    def store(self, resolved: Iterable[tuple[ModuleSource, Sequence[ToolSpec]]]) -> None:
+        """Record modules' specs and rewrite the file atomically; a failure to write only logs."""
+        with self._lock:
+            changed = False
+            for source, specs in resolved:
+                entry = {"fingerprint": source.fingerprint, "tools": [spec.to_wire() for spec in specs]}
+                if self._entries.get(source.cache_key) != entry:
+                    self._entries[source.cache_key] = entry
+                    changed = True
+            if changed and self._writable:
+                self._write()
+
+    def _write(self) -> None:
+        body = json.dumps({"header": _header(), "modules": self._entries}, separators=(",", ":"))
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd, tmp = tempfile.mkstemp(prefix=".tool-schemas-", dir=self.path.parent)
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(body)
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            self._writable = False
+            log.warning("tool schema cache %s cannot be written (%s); listing will import modules", self.path, exc)

@@ -1,0 +1,212 @@
+"""A mounted tool collection: its modules, each imported once, on first need, from any thread.
+
+Both processes use it.  The gateway builds one over ``GATEWAY_TOOL_DIRS`` and
+installed entry points and resolves modules when a listing or a call needs
+them; the sidecar builds one over the P2P candidates of ``SIDECAR_TOOL_DIRS``
+and resolves them all before it opens its bridge.  Resolution is blocking
+(imports, schema building) and meant for a worker thread; a lock per module
+makes concurrent callers share one import.
+
+A module that fails to import resolves to a placeholder tool named
+``<category>.<module>`` (or the entry point's tool name, or, when the schema
+cache listed the module before, one under each name it listed) whose
+description starts with ``[UNAVAILABLE: ...]`` and whose every call answers a
+``tool_unavailable`` error with the reason; the traceback is logged once.  A
+function whose signature cannot become a schema gets the same treatment under
+its own name.  Neither is retried until the process restarts.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from shared_schema.compat.cache import SchemaCache
+from shared_schema.compat.flavour import Host, adapt_for_host
+from shared_schema.compat.loader import ModuleLoadError, load
+from shared_schema.compat.rules import select_functions, tool_metadata_for
+from shared_schema.compat.scan import ModuleSource, ScanResult
+from shared_schema.errors import BridgeError, ErrorCode
+from shared_schema.function_tool import FunctionTool
+from shared_schema.tool_metadata import ToolMetadata, ToolSpec
+
+log = logging.getLogger(__name__)
+
+UNAVAILABLE_PREFIX = "[UNAVAILABLE: "
+
+
+def unavailable_tool(name: str, category: str, reason: str) -> FunctionTool:
+    """A listed stand-in for a tool that cannot be loaded: every call says why."""
+
+    async def unavailable(**_arguments: Any) -> Any:
+        raise BridgeError(ErrorCode.TOOL_UNAVAILABLE, f"tool {name!r} is unavailable: {reason}")
+
+    unavailable.unavailable_reason = reason  # type: ignore[attr-defined]
+    metadata = ToolMetadata(
+        name=name, category=category, runtime="fastapi", mcp_description=f"{UNAVAILABLE_PREFIX}{reason}]"
+    )
+    return FunctionTool.from_function(unavailable, name=name, metadata=metadata)
+
+
+def is_stand_in(tool: FunctionTool) -> bool:
+    """Whether ``tool`` only stands in for one that could not be loaded (a real tool of its name wins)."""
+    return getattr(tool.fn, "unavailable_reason", None) is not None
+
+
+def build_tool(name: str, fn: Callable[..., Any], source: ModuleSource, host: Host) -> FunctionTool:
+    """A collection function as a tool: its metadata by the rules, its loop adapted to the host."""
+    try:
+        metadata = tool_metadata_for(fn, tool_name=name, source=source)
+        runnable = adapt_for_host(fn, host, metadata.timeout_seconds)
+        return FunctionTool.from_function(runnable, name=name, metadata=metadata)
+    except Exception as exc:  # boundary: foreign signatures pydantic cannot turn into a schema
+        reason = f"cannot derive its input schema from {source.label}: {type(exc).__name__}: {exc}"
+        log.exception("tool %s is unavailable: %s", name, reason.splitlines()[0])
+        return unavailable_tool(name, source.category, reason.splitlines()[0][:300])
+
+
+@dataclass(frozen=True)
+class Resolution:
+    tools: tuple[FunctionTool, ...]
+    error: ModuleLoadError | None = None
+    complete: bool = True
+    """False when the module or one of its functions could not be loaded (such results are not cached)."""
+
+    @property
+    def names(self) -> frozenset[str]:
+        return frozenset(tool.name for tool in self.tools)
+
+
+class LazyModule:
+    def __init__(self, source: ModuleSource, cached: tuple[ToolSpec, ...] | None, host: Host) -> None:
+        self.source = source
+        self.cached = cached
+        self._host = host
+        self._lock = threading.Lock()
+        self._resolution: Resolution | None = None
+
+    @property
+    def resolution(self) -> Resolution | None:
+        return self._resolution
+
+    def known_names(self) -> frozenset[str] | None:
+        if self._resolution is not None:
+            return self._resolution.names
+        if self.cached is not None:
+            return frozenset(spec.name for spec in self.cached)
+        return None
+
+    def resolve(self) -> Resolution:
+        """Import the module and build its tools, once; later calls return the same result."""
+        if self._resolution is None:
+            with self._lock:
+                if self._resolution is None:
+                    self._resolution = self._load()
+        return self._resolution
+
+    def _load(self) -> Resolution:
+        source = self.source
+        started = time.perf_counter()
+        try:
+            loaded = load(source)
+        except ModuleLoadError as exc:
+            log.error("tool module %s failed to import: %s\n%s", source.label, exc.reason, exc.details.rstrip())
+            reason = f"module {source.label} failed to import: {exc.reason}"
+            # The names it was listed under (from the cache), or, never having been seen, the module's own.
+            own = source.tool_name or f"{source.category}.{source.stem}"
+            names = [spec.name for spec in self.cached or ()] or [own]
+            stand_ins = tuple(unavailable_tool(name, source.category, reason) for name in names)
+            return Resolution(stand_ins, exc, complete=False)
+        tools = tuple(build_tool(name, fn, source, self._host) for name, fn in select_functions(loaded, source))
+        complete = not any((tool.spec.description or "").startswith(UNAVAILABLE_PREFIX) for tool in tools)
+        if not tools:
+            log.info("tool module %s defines no tools", source.label)
+        log.debug("loaded %s: %d tools in %.1f ms", source.label, len(tools), 1000 * (time.perf_counter() - started))
+        return Resolution(tools, complete=complete)
+
+
+class ToolCollection:
+    def __init__(self, scan: ScanResult, *, host: Host, cache: SchemaCache | None = None) -> None:
+        self.categories = dict(scan.categories)
+        self._cache = cache
+        self.modules = [LazyModule(s, cache.lookup(s) if cache else None, host) for s in scan.sources]
+        self._by_category: dict[str, list[LazyModule]] = {}
+        for module in self.modules:
+            self._by_category.setdefault(module.source.category, []).append(module)
+
+    def modules_of(self, category: str) -> list[LazyModule]:
+        return self._by_category.get(category, [])
+
+    def unknown(self) -> list[LazyModule]:
+        """Unimported modules whose tools are not known from the cache: a complete listing needs them."""
+        return [m for m in self.modules if m.resolution is None and m.cached is None]
+
+    def _pending(self, name: str) -> list[LazyModule]:
+        """Unimported modules that may provide ``name`` (never one whose cached specs lack it)."""
+        category = name.partition(".")[0]
+        pending = [m for m in self._by_category.get(category, ()) if m.resolution is None]
+        named = [m for m in pending if name in (m.known_names() or ()) or m.source.tool_name == name]
+        return named or [m for m in pending if m.known_names() is None]
+
+    def has_candidates(self, name: str) -> bool:
+        """Whether a call to ``name`` must import something first (cheap: no I/O, for the event loop)."""
+        return bool(self._pending(name))
+
+    def candidates(self, name: str) -> list[LazyModule]:
+        """The modules to try for ``name``, likeliest first: the stem is the name, is in it, or the file mentions it.
+
+        Reads the candidates' source text (a function named unlike its file is found without importing its
+        neighbours), so call it from a worker thread.
+        """
+        short = name.partition(".")[2]
+
+        def mentions(module: LazyModule) -> bool:
+            path = module.source.path
+            try:
+                return path is not None and short in path.read_text(encoding="utf-8", errors="replace")
+            except OSError:
+                return False
+
+        return sorted(
+            self._pending(name),
+            key=lambda m: (m.source.stem != short, m.source.stem not in short, not mentions(m)),
+        )
+
+    def resolve_name(self, name: str) -> list[LazyModule]:
+        """Import candidates until one provides ``name``; returns the modules imported (blocking)."""
+        done = []
+        for module in self.candidates(name):
+            done.append(module)
+            if name in module.resolve().names:
+                break
+        return done
+
+    def resolve_all(self, modules: Iterable[LazyModule]) -> list[LazyModule]:
+        """Import ``modules`` (blocking) and record the complete ones in the schema cache."""
+        done = [module for module in modules if module.resolve() is not None]
+        self.save_cache(done)
+        return done
+
+    def save_cache(self, modules: Iterable[LazyModule]) -> None:
+        if self._cache is None:
+            return
+        complete = []
+        for module in modules:
+            resolution = module.resolution
+            if resolution is not None and resolution.complete:
+                complete.append((module.source, [tool.spec for tool in resolution.tools]))
+        if complete:
+            self._cache.store(complete)
+
+    def status(self) -> dict[str, int]:
+        resolved = [m.resolution for m in self.modules if m.resolution is not None]
+        return {
+            "modules": len(self.modules),
+            "imported": sum(1 for r in resolved if r.error is None),
+            "failed": sum(1 for r in resolved if r.error is not None),
+            "cached": sum(1 for m in self.modules if m.resolution is None and m.cached is not None),
+        }

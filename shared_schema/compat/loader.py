@@ -1,0 +1,89 @@
+"""Import one collection module, the only place collection code is executed.
+
+A module file is imported under its private name (see ``scan.ModuleSource``)
+below synthetic parent packages whose ``__path__`` is the collection folder
+and the category folder.  So ``from ._helpers import x`` and
+``from . import sibling`` work as they did in the seed, while the folders'
+``__init__.py`` files are never run (in the seed they often imported every
+module of the category at once, which would defeat lazy loading).
+
+Whatever goes wrong while the module runs (a missing dependency, an
+exception, a syntax error, even ``sys.exit()``) becomes a ``ModuleLoadError``
+carrying the traceback; the caller decides how to report it.
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import sys
+import threading
+import traceback
+import types
+from typing import Any
+
+from shared_schema.compat.scan import PRIVATE_ROOT, ModuleSource
+
+_packages_lock = threading.Lock()
+
+
+class ModuleLoadError(Exception):
+    """A collection module that could not be imported; ``reason`` is one line, ``details`` the traceback."""
+
+    def __init__(self, source: ModuleSource, reason: str, details: str) -> None:
+        super().__init__(f"{source.label}: {reason}")
+        self.source = source
+        self.reason = reason
+        self.details = details
+
+
+def _synthetic_package(name: str, path: str | None) -> None:
+    """Register an empty package so relative imports inside collection modules resolve."""
+    if name in sys.modules:
+        return
+    spec = importlib.machinery.ModuleSpec(name, None, is_package=True)
+    spec.submodule_search_locations = [path] if path is not None else []
+    package = importlib.util.module_from_spec(spec)
+    package.__path__ = list(spec.submodule_search_locations)
+    sys.modules[name] = package
+
+
+def _ensure_packages(source: ModuleSource) -> None:
+    with _packages_lock:
+        _synthetic_package(PRIVATE_ROOT, None)
+        for name, path in source.package_dirs:
+            _synthetic_package(name, str(path))
+
+
+def _import_file(source: ModuleSource) -> types.ModuleType:
+    assert source.path is not None
+    _ensure_packages(source)
+    existing = sys.modules.get(source.module_name)
+    if existing is not None:  # imported already, e.g. as a sibling of another module
+        return existing
+    spec = importlib.util.spec_from_file_location(source.module_name, source.path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"no loader for {source.path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[source.module_name] = module  # before running it: pydantic resolves forward refs through it
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(source.module_name, None)
+        raise
+    return module
+
+
+def load(source: ModuleSource) -> Any:
+    """Import ``source``: a module (files, module entry points) or a function (function entry points)."""
+    try:
+        if source.kind == "file":
+            return _import_file(source)
+        assert source.entry_point is not None
+        return source.entry_point.load()
+    # Boundary: foreign module code.  Any failure, even SystemExit, is reported to the caller; none escapes.
+    except (Exception, SystemExit) as exc:  # noqa: BLE001
+        reason = f"{type(exc).__name__}: {exc}".strip()
+        if isinstance(exc, SyntaxError):
+            reason = f"SyntaxError: {exc.msg} (line {exc.lineno})"
+        raise ModuleLoadError(source, reason.splitlines()[0][:300], traceback.format_exc()) from None
