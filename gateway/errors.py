@@ -34,6 +34,8 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.BAD_FRAME: 502,
     ErrorCode.VERSION_MISMATCH: 502,
     ErrorCode.INTERNAL: 500,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.CONFLICT: 409,
 }
 
 RETRYABLE: frozenset[ErrorCode] = frozenset({ErrorCode.BUSY, ErrorCode.UNAVAILABLE})

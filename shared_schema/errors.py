@@ -27,6 +27,8 @@ class ErrorCode(StrEnum):
     BAD_FRAME = "bad_frame"
     CANCELLED = "cancelled"
     INTERNAL = "internal"
+    NOT_FOUND = "not_found"
+    CONFLICT = "conflict"
 
 
 @dataclass(frozen=True, slots=True)
