@@ -10,7 +10,8 @@ import pytest
 
 from p2p_sidecar.taskqueue.errors import Conflict, NotFound
 from p2p_sidecar.taskqueue.model import IllegalTransition, RetryPolicy, TaskStatus
-from p2p_sidecar.taskqueue.store import Ended, NewTask, Report, StoreStartupError, TaskStore
+from p2p_sidecar.taskqueue.records import Ended, NewTask, Report
+from p2p_sidecar.taskqueue.store import StoreStartupError, TaskStore
 
 NOW = 1_000_000.0
 

@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import trio
 
-from p2p_sidecar.taskqueue.store import LOCAL, Lease, Report
+from p2p_sidecar.taskqueue.records import Lease, Report
+from p2p_sidecar.taskqueue.store import LOCAL
 from p2p_sidecar.taskqueue.sync import Broadcast
 from p2p_sidecar.taskqueue.worker import EndpointUnavailable, QueueEndpoint
 

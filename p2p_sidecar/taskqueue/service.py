@@ -30,9 +30,10 @@ import trio
 from p2p_sidecar.taskqueue.errors import Conflict, InvalidRequest, NoNetwork, NotFound, QueueFull
 from p2p_sidecar.taskqueue.executors import ExecutorRegistry
 from p2p_sidecar.taskqueue.model import TERMINAL, RetryPolicy, TaskStatus
-from p2p_sidecar.taskqueue.store import LOCAL, REMOTE, Ended, Lease, NewTask, Report, TaskStore, dumps
+from p2p_sidecar.taskqueue.records import Ended, Lease, NewTask, Report, dumps
+from p2p_sidecar.taskqueue.store import LOCAL, REMOTE, TaskStore
 from p2p_sidecar.taskqueue.sync import Broadcast
-from p2p_sidecar.taskqueue.views import describe_task
+from p2p_sidecar.taskqueue.views import describe_task, history
 from p2p_sidecar.taskqueue.worker import QueueEndpoint, Worker, WorkerConfig, WorkerSpec
 
 if TYPE_CHECKING:
@@ -557,7 +558,7 @@ class QueueService:
                 for worker in sorted(self.workers.values(), key=lambda w: w.worker_id)
             ]
         if include_historical:
-            report["historical"] = self.store.history()
+            report["historical"] = history(self.store.db)
         return report
 
 

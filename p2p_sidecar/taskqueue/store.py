@@ -29,14 +29,14 @@ import logging
 import os
 import sqlite3
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 from p2p_sidecar.taskqueue import model
 from p2p_sidecar.taskqueue.errors import Conflict, NotFound
 from p2p_sidecar.taskqueue.model import RetryPolicy, TaskState, TaskStatus
+from p2p_sidecar.taskqueue.records import Ended, EndedHook, Lease, NewTask, Report, dumps
 
 log = logging.getLogger(__name__)
 
@@ -89,86 +89,6 @@ REMOTE = "remote"
 
 class StoreStartupError(RuntimeError):
     """The queue database cannot be opened; the message says which file and why."""
-
-
-def dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
-@dataclass(frozen=True, slots=True)
-class NewTask:
-    task_id: str
-    task_type: str
-    payload: Any
-    priority: float
-    timeout_s: float
-    policy: RetryPolicy
-    idem_key: str | None = None
-    placement: str | None = None
-    tags: Sequence[str] = ()
-    metadata: dict[str, Any] | None = None
-    workflow_id: str | None = None
-    step_id: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Lease:
-    """A claimed task as a worker receives it."""
-
-    task_id: str
-    attempt: int
-    task_type: str
-    payload: Any
-    timeout_s: float
-    priority: float
-
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "task_id": self.task_id,
-            "attempt": self.attempt,
-            "task_type": self.task_type,
-            "payload": self.payload,
-            "timeout_s": self.timeout_s,
-            "priority": self.priority,
-        }
-
-    @classmethod
-    def from_wire(cls, raw: dict[str, Any]) -> Lease:
-        return cls(
-            task_id=str(raw["task_id"]),
-            attempt=int(raw["attempt"]),
-            task_type=str(raw["task_type"]),
-            payload=raw.get("payload"),
-            timeout_s=float(raw["timeout_s"]),
-            priority=float(raw.get("priority", 0.0)),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Report:
-    """A lease holder's account of one attempt: a result, or an error."""
-
-    task_id: str
-    attempt: int
-    ok: bool
-    result: Any = None
-    message: str = ""
-    code: str = "task_error"
-    retryable: bool = True
-    size: int = 0
-    """Bytes of the result as JSON, when the reporter measured it (bounds batches on the network)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Ended:
-    """A task that reached a terminal status in the transaction that just committed."""
-
-    task_id: str
-    status: TaskStatus
-    workflow_id: str | None
-
-
-EndedHook = Callable[[list[Ended]], None]
 
 
 class TaskStore:
@@ -349,25 +269,6 @@ class TaskStore:
         sql = "SELECT MIN(not_before) FROM tasks WHERE status = 'queued' AND not_before > ?"
         value = self.db.execute(sql, (now,)).fetchone()[0]
         return None if value is None else float(value)
-
-    def history(self) -> dict[str, Any]:
-        """Aggregates over finished tasks (a full scan: only on request)."""
-        sql = (
-            "SELECT status, COUNT(*), AVG(finished_at - created_at), AVG(finished_at - started_at), "
-            "SUM(attempt), MIN(created_at), MAX(finished_at) FROM tasks "
-            "WHERE status IN ('completed', 'failed', 'cancelled') GROUP BY status"
-        )
-        out: dict[str, Any] = {}
-        for row in self.db.execute(sql):
-            out[row[0]] = {
-                "count": row[1],
-                "avg_total_s": None if row[2] is None else round(row[2], 6),
-                "avg_run_s": None if row[3] is None else round(row[3], 6),
-                "attempts": row[4],
-                "first_submitted_at": row[5],
-                "last_finished_at": row[6],
-            }
-        return out
 
     # -- submitting ----------------------------------------------------------------------------
     def insert(self, task: NewTask, now: float) -> tuple[sqlite3.Row, bool]:

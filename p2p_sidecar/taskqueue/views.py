@@ -87,3 +87,23 @@ def task_logs(row: sqlite3.Row, lines: list[tuple[float, str]]) -> list[dict[str
         events.append((row["finished_at"], "completed"))
     events.sort(key=lambda item: item[0])
     return [{"at": at, "event": text} for at, text in events]
+
+
+def history(db: sqlite3.Connection) -> dict[str, Any]:
+    """queue_stats(include_historical): aggregates over finished tasks (a full scan, so only on request)."""
+    sql = (
+        "SELECT status, COUNT(*), AVG(finished_at - created_at), AVG(finished_at - started_at), "
+        "SUM(attempt), MIN(created_at), MAX(finished_at) FROM tasks "
+        "WHERE status IN ('completed', 'failed', 'cancelled') GROUP BY status"
+    )
+    out: dict[str, Any] = {}
+    for row in db.execute(sql):
+        out[row[0]] = {
+            "count": row[1],
+            "avg_total_s": None if row[2] is None else round(row[2], 6),
+            "avg_run_s": None if row[3] is None else round(row[3], 6),
+            "attempts": row[4],
+            "first_submitted_at": row[5],
+            "last_finished_at": row[6],
+        }
+    return out

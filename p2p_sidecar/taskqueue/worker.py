@@ -27,7 +27,7 @@ import trio
 
 from p2p_sidecar.taskqueue.errors import TaskFailed
 from p2p_sidecar.taskqueue.executors import ExecutorRegistry, TaskContext
-from p2p_sidecar.taskqueue.store import Lease, Report, dumps
+from p2p_sidecar.taskqueue.records import Lease, Report, dumps
 from p2p_sidecar.taskqueue.sync import Broadcast
 
 log = logging.getLogger(__name__)

@@ -24,8 +24,8 @@ from typing import Any
 
 from p2p_sidecar.taskqueue.errors import NotFound, QueueError
 from p2p_sidecar.taskqueue.model import RetryPolicy, TaskStatus
+from p2p_sidecar.taskqueue.records import Ended, dumps
 from p2p_sidecar.taskqueue.service import QueueService
-from p2p_sidecar.taskqueue.store import Ended, dumps
 from p2p_sidecar.taskqueue.views import task_logs
 from p2p_sidecar.workflows import dag as dags
 
