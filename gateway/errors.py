@@ -36,6 +36,8 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.VERSION_MISMATCH: 502,
     ErrorCode.INTERNAL: 500,
     ErrorCode.TOOL_UNAVAILABLE: 503,  # not retryable: no Retry-After until the module or sidecar is fixed
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.CONFLICT: 409,
 }
 
 RETRYABLE: frozenset[ErrorCode] = frozenset({ErrorCode.BUSY, ErrorCode.UNAVAILABLE})

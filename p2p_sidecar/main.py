@@ -2,10 +2,12 @@
 
 Start-up is the nesting order of ``nursery.start`` calls, each returning only
 once its subsystem is ready (Trio's ``task_status``): admin HTTP, then the
-bridge (the libp2p node and the task queue take their places between them as
-they are added).  Shutdown on SIGTERM/SIGINT is the same nesting undone:
+task queue (with its workers and workflows), then the bridge (the libp2p node
+takes its place before the queue when it is added).  Shutdown on SIGTERM/SIGINT
+is the same nesting undone:
 
-    stop accepting calls  ->  drain in-flight work (up to the grace period)
+    stop accepting calls and claiming tasks  ->  drain in-flight calls and
+    running tasks (up to the grace period; tasks still running are handed back to the queue)
     ->  cancel the root nursery  ->  sockets closed by their owners  ->  exit 0
 """
 
@@ -24,10 +26,13 @@ from p2p_sidecar.admin import AdminServer
 from p2p_sidecar.bridge_server import BridgeServer
 from p2p_sidecar.metrics import SidecarMetrics
 from p2p_sidecar.settings import SidecarSettings
+from p2p_sidecar.taskqueue import QueueService, register_queue_tools
+from p2p_sidecar.taskqueue.store import StoreStartupError
 from p2p_sidecar.tools import ToolCatalog
 from p2p_sidecar.tools.collection import load_tool_collection
 from p2p_sidecar.tools.service import register_service_tools
 from shared_schema import sd_notify
+from p2p_sidecar.workflows import WorkflowEngine, register_workflow_tools
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +63,13 @@ class Sidecar:
         self.admin = AdminServer(settings, self.metrics, self.health)
         self.ready = False
         register_service_tools(self.catalog, status=self.status, peers=lambda limit: [])
+        try:
+            self.queue = QueueService(settings, call_gateway=self.bridge.call_gateway)
+        except StoreStartupError as exc:
+            raise SidecarStartupError(str(exc)) from None
+        self.workflows = WorkflowEngine(self.queue)
+        register_queue_tools(self.catalog, self.queue)
+        register_workflow_tools(self.catalog, self.workflows)
 
     def node_summary(self) -> dict[str, Any]:
         return {"version": __version__, "pid": os.getpid()}
@@ -73,6 +85,7 @@ class Sidecar:
                 "in_flight": self.bridge.in_flight,
             },
             "tools": len(self.catalog),
+            "queue": self.queue.store.counts(),
         }
 
     def health(self) -> tuple[bool, dict[str, Any]]:
@@ -85,6 +98,7 @@ class Sidecar:
             async with trio.open_nursery() as root:
                 await root.start(self.admin.run)
                 await load_tool_collection(self.catalog, self.settings)
+                await root.start(self.queue.run)
                 await root.start(self.bridge.run)
                 self.ready = True
                 log.info("sidecar ready (bridge %s, admin port %s)", self.settings.bridge_endpoint, self.admin.bound)
@@ -101,11 +115,18 @@ class Sidecar:
         self.ready = False
         sd_notify.notify("STOPPING=1", "STATUS=draining in-flight work")
         self.bridge.stop_accepting()
+        self.queue.stop_claiming()  # running tasks may finish; what is left is released to the queue
         grace = self.settings.shutdown_grace_seconds
         with trio.move_on_after(grace) as scope:
             await self.bridge.wait_idle()
+            await self.queue.wait_idle()
         if scope.cancelled_caught:
-            log.warning("grace period of %.1fs over: cancelling %d calls", grace, self.bridge.in_flight)
+            log.warning(
+                "grace period of %.1fs over: cancelling %d calls and %d tasks",
+                grace,
+                self.bridge.in_flight,
+                self.queue.running_here,
+            )
 
 
 async def run(settings: SidecarSettings) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -50,3 +51,28 @@ class SidecarSettings(BaseSettings):
     @classmethod
     def tool_dirs_exist(cls, value: list[str]) -> list[str]:
         return check_tool_dirs(value)
+
+    # -- task queue (p2p_sidecar/taskqueue) --
+    worker_concurrency: int = Field(
+        8, ge=0, le=1024, description="Slots of this node's default worker (0: no default worker)."
+    )
+    worker_task_types: CommaList = Field(
+        default_factory=list, description="Task types this node runs and advertises (default: all installed)."
+    )
+    queue_lease_seconds: float = Field(
+        30.0, gt=0, le=3600, description="Lease on a claimed task; renewed by heartbeats every third of it."
+    )
+    queue_sync: Literal["normal", "full"] = Field(
+        "normal", description="SQLite synchronous mode: normal survives kill -9, full also survives power loss."
+    )
+    queue_max_queued: int = Field(
+        100_000, ge=1, description="Queued tasks allowed; past it task_submit answers 'queue full' (busy)."
+    )
+    queue_claim_batch: int = Field(32, ge=1, le=256, description="Most tasks a worker claims in one request.")
+    task_max_result_bytes: int = Field(
+        1 << 20, ge=64, description="Largest task result stored; larger ones fail the task (too_large)."
+    )
+    task_max_payload_bytes: int = Field(1 << 20, ge=64, description="Largest task payload task_submit accepts.")
+    task_default_timeout_seconds: float = Field(
+        600.0, gt=0, le=604800, description="Run-time limit of a task submitted without a timeout."
+    )

@@ -29,6 +29,8 @@ class ErrorCode(StrEnum):
     INTERNAL = "internal"
     TOOL_UNAVAILABLE = "tool_unavailable"
     """The tool is listed but cannot run here: its module failed to load, or no sidecar serves it."""
+    NOT_FOUND = "not_found"
+    CONFLICT = "conflict"
 
 
 @dataclass(frozen=True, slots=True)

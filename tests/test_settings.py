@@ -58,6 +58,7 @@ def test_loopback_detection() -> None:
         ("gateway", "GATEWAY_BRIDGE_ENDPOINT", "http://nope"),
         ("p2p_sidecar", "SIDECAR_ADMIN_PORT", "-1"),
         ("p2p_sidecar", "SIDECAR_LOG_LEVEL", "loud"),
+        ("p2p_sidecar", "SIDECAR_QUEUE_SYNC", "sometimes"),
     ],
 )
 def test_bad_value_stops_the_process_with_one_line(module: str, variable: str, value: str) -> None:
