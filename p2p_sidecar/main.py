@@ -31,8 +31,8 @@ from p2p_sidecar.taskqueue.store import StoreStartupError
 from p2p_sidecar.tools import ToolCatalog
 from p2p_sidecar.tools.collection import load_tool_collection
 from p2p_sidecar.tools.service import register_service_tools
-from shared_schema import sd_notify
 from p2p_sidecar.workflows import WorkflowEngine, register_workflow_tools
+from shared_schema import sd_notify
 
 log = logging.getLogger(__name__)
 
