@@ -87,7 +87,7 @@ class SidecarSettings(BaseSettings):
     # -- libp2p node (p2p_sidecar/node) --
     listen_addrs: ListenAddrs = Field(
         default_factory=lambda: ["/ip4/0.0.0.0/tcp/4001"],
-        description="libp2p listen multiaddrs (/ip4|ip6/HOST/tcp/PORT; port 0 picks a free one).",
+        description="libp2p listen multiaddrs (/ip4/HOST/tcp/PORT or /ip6/...; port 0 picks a free one).",
     )
     announce_addrs: AnnounceAddrs = Field(
         default_factory=list, description="Addresses peers are told to dial instead of the listen addresses."

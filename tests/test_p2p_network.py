@@ -112,8 +112,12 @@ def test_capabilities_let_a_node_choose_where_to_send_work(net: dict[str, Peer])
     filtered = lambda: tool(a, "peer_list", {"capability_filter": "hash_content"})[1]["result"]["peers"]  # noqa: E731
     [entry] = wait_for(filtered, 10, 0.2, what="b advertising hash_content")
     assert entry["peer_id"] == b.peer_id and entry["capabilities"]["tools"] == ["echo", "hash_content"]
-    status, body = tool(a, "peer_discover", {"capability_filter": ["echo"], "max_peers": 5, "timeout": 5})
+    status, body = tool(a, "peer_discover", {"capability_filter": ["tool:echo"], "max_peers": 5, "timeout": 5})
     assert status == 200 and [entry["peer_id"] for entry in body["result"]["peers"]] == [b.peer_id]
+    # every node runs the built-in task types, and says so
+    status, body = tool(a, "peer_list", {"capability_filter": ["task:hash", "task:echo"]})
+    assert status == 200 and body["result"]["total"] == 2
+    assert "hash" in body["result"]["peers"][0]["capabilities"]["task_types"]
 
 
 def test_node_info_status_and_bootstrap_tools(net: dict[str, Peer], tmp_path: Path) -> None:

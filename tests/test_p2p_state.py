@@ -122,7 +122,8 @@ def test_table_never_holds_itself_and_filters_and_sorts() -> None:
     slow.capabilities = {"tools": ["echo"], "task_types": ["hash"]}
     assert [r.peer_id for r in table.select(sort_by="latency")] == [P1, P2]
     assert [r.peer_id for r in table.select(capability_filter=["echo", "hash"])] == [P2]
-    assert table.select(capability_filter=["nope"]) == []
+    assert [r.peer_id for r in table.select(capability_filter=["tool:echo", "task:hash"])] == [P2]
+    assert table.select(capability_filter=["task:echo"]) == [] and table.select(capability_filter=["nope"]) == []
     slow.state = PeerState.GONE
     assert [r.peer_id for r in table.select(statuses=["gone"])] == [P2]
 

@@ -30,6 +30,10 @@ class Capabilities:
     def allowed_tools(self) -> frozenset[str]:
         return self._allowed
 
+    def set_task_types(self, names: Iterable[str]) -> None:
+        """Replace the advertised task types (peers learn the change with their next ping)."""
+        self._task_types = set(names)
+
     def add_task_types(self, names: Iterable[str]) -> None:
         self._task_types.update(names)
 

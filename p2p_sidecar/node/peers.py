@@ -65,9 +65,20 @@ class PeerRecord:
         return "bootstrap" in self.sources
 
     def matches(self, capability_filter: Iterable[str]) -> bool:
-        """Whether the peer serves every named tool or task type."""
-        offered = set(self.capabilities.get("tools", [])) | set(self.capabilities.get("task_types", []))
-        return all(item in offered for item in capability_filter)
+        """Whether the peer offers every item: ``tool:NAME``, ``task:TYPE``, or a bare name meaning either."""
+        tools = set(self.capabilities.get("tools", []))
+        task_types = set(self.capabilities.get("task_types", []))
+        for item in capability_filter:
+            kind, _, name = item.partition(":")
+            if kind == "tool" and name:
+                found = name in tools
+            elif kind == "task" and name:
+                found = name in task_types
+            else:
+                found = item in tools or item in task_types
+            if not found:
+                return False
+        return True
 
     def summary(self, *, include_metrics: bool = False) -> dict[str, Any]:
         report: dict[str, Any] = {

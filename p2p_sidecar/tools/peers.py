@@ -95,8 +95,8 @@ def register_peer_tools(catalog: ToolCatalog, node: Node) -> None:
     ) -> dict[str, Any]:
         """Ask connected peers whom they know (peer exchange) and list the peers found.
 
-        capability_filter keeps only peers that serve every named tool or task type.
-        Connected peers come first, then by latency.
+        capability_filter keeps only peers offering every item: "tool:NAME" (a tool they serve remotely),
+        "task:TYPE" (a task type they run), or a bare name for either. Connected peers come first, then by latency.
         """
         learned: list[str] = []
         with trio.move_on_after(timeout):
@@ -157,7 +157,10 @@ def register_peer_tools(catalog: ToolCatalog, node: Node) -> None:
         limit: Annotated[int, Field(ge=1, le=10_000)] | None = None,
         offset: Annotated[int, Field(ge=0)] | None = None,
     ) -> dict[str, Any]:
-        """List the peers this node knows, with status, addresses, latency and capabilities."""
+        """List the peers this node knows, with status, addresses, latency and capabilities.
+
+        capability_filter: "tool:NAME", "task:TYPE" or a bare name for either; every item must match.
+        """
         records = node.table.select(
             statuses=as_list(status_filter), capability_filter=as_list(capability_filter), sort_by=sort_by
         )
