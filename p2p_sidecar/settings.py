@@ -103,6 +103,9 @@ class SidecarSettings(BaseSettings):
         8, ge=0, le=1000, description="Peers the node keeps connected when it knows enough."
     )
     mdns: bool = Field(False, description="Discover peers on the local network with mDNS.")
+    max_known_peers: int = Field(
+        10_000, ge=16, description="Peers remembered; past it the stalest peer not connected is forgotten."
+    )
     peer_ping_interval: float = Field(2.0, gt=0, le=600, description="Seconds between liveness pings to each peer.")
     peer_gone_timeout: float = Field(
         10.0, gt=0, le=3600, description="A peer unanswered for this long is marked gone and disconnected."

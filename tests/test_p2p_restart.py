@@ -1,4 +1,5 @@
 """kill -9 of a node: the others mark it gone within a bound; restarted on its data dir it rejoins by itself.
+And discovery without any bootstrap: mDNS on the local network.
 
 Timings come from FAST_P2P: ping every 0.5 s, gone after 3 s of silence, re-dial backoff capped at 2 s.
 The bound asserted is the gone timeout plus a generous allowance for a loaded two-core machine.
@@ -67,3 +68,11 @@ def test_kill9_then_restart_with_the_same_data_dir(tmp_path: Path) -> None:
         restart(a)
         b.wait_connected([a], timeout=30)
         a.wait_connected([b, c], timeout=30)  # a itself knew b and c only from its database
+
+
+def test_mdns_finds_peers_without_bootstrap(tmp_path: Path) -> None:
+    peers = p2p_network(tmp_path, ["a", "b"], gateways=("a",), SIDECAR_MDNS="true")
+    with running_network(peers):
+        a, b = peers["a"], peers["b"]
+        entry = a.wait_connected([b], timeout=30)[b.peer_id]
+        assert "mdns" in entry["sources"] or "inbound" in entry["sources"]

@@ -128,6 +128,19 @@ def test_table_never_holds_itself_and_filters_and_sorts() -> None:
     assert [r.peer_id for r in table.select(statuses=["gone"])] == [P2]
 
 
+def test_table_is_bounded_and_forgets_the_stalest_idle_peer() -> None:
+    table = PeerTable(ME, max_peers=2)
+    boot = table.ensure(P1, now=0, source="bootstrap")
+    old = table.ensure(P2, now=0, source="exchange")
+    assert boot is not None and old is not None
+    old.last_seen = 5.0
+    assert table.ensure(P3, now=1, source="exchange") is not None
+    assert table.get(P2) is None and table.evicted == [P2] and table.get(P1) is boot  # bootstrap peers stay
+    live(table, P3)
+    assert table.ensure(P2, now=2, source="exchange") is None  # nothing left that may be forgotten
+    assert len(table) == 2
+
+
 def test_exchange_shares_connected_peers_and_merges_only_valid_entries() -> None:
     table = PeerTable(ME)
     live(table, P1)
@@ -188,6 +201,7 @@ def test_peer_store_survives_a_restart(tmp_path: Path) -> None:
     table = PeerTable(ME)
     record = live(table, P1)
     record.capabilities, record.persist, record.latency_ms, record.last_rtt_ms = {"tools": ["echo"]}, True, 1.5, 1.5
+    record.sources.add("bootstrap")
     store.save(table, now=100.0)
     store.save(table, now=110.0)  # within SAMPLE_EVERY: no second sample
     store.close()
@@ -197,6 +211,7 @@ def test_peer_store_survives_a_restart(tmp_path: Path) -> None:
     assert loaded.peer_id == P1 and loaded.state is PeerState.KNOWN  # alive or not is for liveness to find out
     assert loaded.persist and loaded.capabilities == {"tools": ["echo"]} and loaded.latency_ms == 1.5
     assert loaded.addrs == ["/ip4/127.0.0.1/tcp/1"] and "store" in loaded.sources
+    assert not loaded.is_bootstrap  # the configuration of the new run decides that
     assert reopened.history(P1, since=0.0) == [(100.0, 1.5)]
     reopened.forget(P1)
     assert reopened.load() == []

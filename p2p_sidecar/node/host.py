@@ -77,7 +77,7 @@ class Node:
         except identity.IdentityError as exc:
             raise NodeStartupError(str(exc)) from None
         self.peer_id = libp2p_host.peer_id_of(self.key_pair)
-        self.table = PeerTable(self.peer_id)
+        self.table = PeerTable(self.peer_id, settings.max_known_peers)
         metrics.bind_table(self.table)
         self.capabilities = Capabilities(settings.remote_tools_allow, gateway_tools)
         self.policy = LivenessPolicy(settings.peer_ping_interval, settings.peer_gone_timeout)
@@ -198,6 +198,9 @@ class Node:
     # -- persistence ------------------------------------------------------------------------
     def _save(self) -> None:
         if self._store is not None:
+            evicted, self.table.evicted = self.table.evicted, []
+            for peer_id in evicted:
+                self._store.forget(peer_id)
             self._store.save(self.table)
 
     async def _flush_loop(self) -> None:

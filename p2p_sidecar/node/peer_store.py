@@ -87,7 +87,8 @@ class PeerStore:
                     peer_id,
                     addrs=_json_list(addrs),
                     state=PeerState.KNOWN,
-                    sources=set(_json_list(sources)) | {"store"},
+                    # bootstrap peers are whatever the configuration says now, not what it said last time
+                    sources=(set(_json_list(sources)) - {"bootstrap"}) | {"store"},
                     first_seen=first_seen,
                     last_seen=last_seen,
                     latency_ms=latency_ms,

@@ -123,11 +123,19 @@ SORT_KEYS = ("last_seen", "latency", "peer_id", "first_seen")
 
 
 class PeerTable:
-    """Every peer this node knows, by peer id (never including itself)."""
+    """Every peer this node knows, by peer id (never including itself), at most ``max_peers`` of them.
 
-    def __init__(self, own_id: str) -> None:
+    Past the limit, adding a peer forgets the stalest one that is neither live
+    nor wanted (bootstrap, persisted); ``evicted`` collects their ids so the
+    store can forget them too.  A network (or a peer lying in peer exchange)
+    can therefore not grow the table without bound.
+    """
+
+    def __init__(self, own_id: str, max_peers: int = 10_000) -> None:
         self.own_id = own_id
+        self.max_peers = max_peers
         self._peers: dict[str, PeerRecord] = {}
+        self.evicted: list[str] = []
 
     def get(self, peer_id: str) -> PeerRecord | None:
         return self._peers.get(peer_id)
@@ -138,6 +146,8 @@ class PeerTable:
             return None
         record = self._peers.get(peer_id)
         if record is None:
+            if len(self._peers) >= self.max_peers and not self._evict_one():
+                return None
             record = PeerRecord(peer_id, first_seen=now)
             self._peers[peer_id] = record
         record.sources.add(source)
@@ -148,8 +158,24 @@ class PeerTable:
         return record
 
     def add(self, record: PeerRecord) -> None:
-        if record.peer_id != self.own_id:
-            self._peers[record.peer_id] = record
+        if record.peer_id == self.own_id:
+            return
+        if record.peer_id not in self._peers and len(self._peers) >= self.max_peers and not self._evict_one():
+            return
+        self._peers[record.peer_id] = record
+
+    def _evict_one(self) -> bool:
+        candidates = [
+            record
+            for record in self._peers.values()
+            if record.state not in LIVE_STATES and not record.is_bootstrap and not record.persist
+        ]
+        if not candidates:
+            return False
+        stalest = min(candidates, key=lambda r: (r.last_seen or 0.0, r.first_seen))
+        del self._peers[stalest.peer_id]
+        self.evicted.append(stalest.peer_id)
+        return True
 
     def remove(self, peer_id: str) -> None:
         self._peers.pop(peer_id, None)

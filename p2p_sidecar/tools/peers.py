@@ -46,9 +46,11 @@ async def connect_peer(
     node: Node, peer_id: str, addr: str | None, *, timeout: float, attempts: int, source: str, persist: bool = False
 ) -> dict[str, Any]:
     """Dial a peer (up to ``attempts`` times, 0.5 s, 1 s, 2 s... apart) and report how it went."""
+    if peer_id == node.peer_id:
+        raise BridgeError(ErrorCode.INVALID_ARGUMENTS, "that is this node's own peer id")
     record = node.table.ensure(peer_id, now=time.time(), source=source, addrs=[addr] if addr else ())
     if record is None:
-        raise BridgeError(ErrorCode.INVALID_ARGUMENTS, "that is this node's own peer id")
+        raise BridgeError(ErrorCode.BUSY, "this node's peer table is full of live and bootstrap peers")
     if not record.addrs:
         raise BridgeError(ErrorCode.INVALID_ARGUMENTS, f"no address known for {peer_id}: give a multiaddr")
     if addr and addr in record.addrs:  # the address given now is tried first
