@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Any
 
@@ -54,6 +55,15 @@ def main(argv: list[str] | None = None) -> None:
     )
     from p2p_sidecar.bridge_server import BridgeStartupError
     from p2p_sidecar.main import SidecarStartupError, run
+
+    if not os.environ.get("LIBP2P_DEBUG"):
+        # Importing libp2p detaches its logger (propagate=False, no handler) unless LIBP2P_DEBUG is set, so
+        # its warnings reached stderr unformatted; route them through this process's format instead.
+        libp2p_log = logging.getLogger("libp2p")
+        libp2p_log.propagate = True
+        libp2p_log.setLevel(logging.WARNING)
+        # its auto-connector forces INFO on its own logger at import; the node stops that component anyway
+        logging.getLogger("libp2p.network.auto_connector").setLevel(logging.WARNING)
 
     try:
         trio.run(run, settings)

@@ -2,8 +2,8 @@
 
 Start-up is the nesting order of ``nursery.start`` calls, each returning only
 once its subsystem is ready (Trio's ``task_status``): admin HTTP, then the
-task queue (with its workers and workflows), then the bridge (the libp2p node
-takes its place before the queue when it is added).  Shutdown on SIGTERM/SIGINT
+libp2p node (listening; it dials its peers afterwards), then the task queue
+(with its workers and workflows), then the bridge.  Shutdown on SIGTERM/SIGINT
 is the same nesting undone:
 
     stop accepting calls and claiming tasks  ->  drain in-flight calls and
@@ -23,13 +23,18 @@ import trio
 
 from p2p_sidecar import __version__
 from p2p_sidecar.admin import AdminServer
-from p2p_sidecar.bridge_server import BridgeServer
+from p2p_sidecar.bridge_server import BridgeServer, BridgeStartupError
 from p2p_sidecar.metrics import SidecarMetrics
+from p2p_sidecar.node.host import Node, NodeStartupError
+from p2p_sidecar.node.metrics import NodeMetrics
 from p2p_sidecar.settings import SidecarSettings
 from p2p_sidecar.taskqueue import QueueService, register_queue_tools
 from p2p_sidecar.taskqueue.store import StoreStartupError
 from p2p_sidecar.tools import ToolCatalog
+from p2p_sidecar.tools.bootstrap import register_bootstrap_tools
 from p2p_sidecar.tools.collection import load_tool_collection
+from p2p_sidecar.tools.peers import register_peer_tools
+from p2p_sidecar.tools.remote import register_remote_tools
 from p2p_sidecar.tools.service import register_service_tools
 from p2p_sidecar.workflows import WorkflowEngine, register_workflow_tools
 from shared_schema import sd_notify
@@ -62,17 +67,39 @@ class Sidecar:
         self.bridge = BridgeServer(settings, self.catalog, self.metrics, node_info=self.node_summary)
         self.admin = AdminServer(settings, self.metrics, self.health)
         self.ready = False
-        register_service_tools(self.catalog, status=self.status, peers=lambda limit: [])
+        try:
+            self.node = Node(
+                settings,
+                NodeMetrics(self.metrics.registry),
+                gateway_tools=self._gateway_tools,
+                gateway_connected=lambda: self.bridge.pick_gateway() is not None,
+                call_gateway=lambda tool, args, timeout: self.bridge.call_gateway(tool, args, timeout=timeout),
+            )
+        except NodeStartupError as exc:
+            raise SidecarStartupError(str(exc)) from None
+        register_service_tools(self.catalog, status=self.status, peers=self._peers)
+        register_peer_tools(self.catalog, self.node)
+        register_bootstrap_tools(self.catalog, self.node)
+        register_remote_tools(self.catalog, self.node)
         try:
             self.queue = QueueService(settings, call_gateway=self.bridge.call_gateway)
         except StoreStartupError as exc:
             raise SidecarStartupError(str(exc)) from None
+        if settings.worker_concurrency > 0:  # what this node's default worker runs, advertised to peers
+            self.node.capabilities.add_task_types(self.queue.executors.types)
         self.workflows = WorkflowEngine(self.queue)
         register_queue_tools(self.catalog, self.queue)
         register_workflow_tools(self.catalog, self.workflows)
 
+    def _gateway_tools(self) -> list[str]:
+        link = self.bridge.pick_gateway()
+        return link.local_tools if link is not None else []
+
+    def _peers(self, limit: int) -> list[dict[str, Any]]:
+        return [record.summary() for record in self.node.table.select(sort_by="last_seen")[:limit]]
+
     def node_summary(self) -> dict[str, Any]:
-        return {"version": __version__, "pid": os.getpid()}
+        return {"version": __version__, "pid": os.getpid(), **self.node.summary()}
 
     def status(self) -> dict[str, Any]:
         return {
@@ -86,6 +113,13 @@ class Sidecar:
             },
             "tools": len(self.catalog),
             "queue": self.queue.store.counts(),
+            "p2p": {
+                "peer_id": self.node.peer_id,
+                "listen_addrs": self.node.listen_addrs,
+                "announce_addrs": self.node.advertised_addrs(),
+                "peers": {state: count for state, count in self.node.info()["peers"].items() if count},
+                "remote_tools_served": self.node.capabilities.served_tools(),
+            },
         }
 
     def health(self) -> tuple[bool, dict[str, Any]]:
@@ -97,6 +131,7 @@ class Sidecar:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with trio.open_nursery() as root:
                 await root.start(self.admin.run)
+                await root.start(self.node.run)
                 await load_tool_collection(self.catalog, self.settings)
                 await root.start(self.queue.run)
                 await root.start(self.bridge.run)
@@ -115,6 +150,7 @@ class Sidecar:
         self.ready = False
         sd_notify.notify("STOPPING=1", "STATUS=draining in-flight work")
         self.bridge.stop_accepting()
+        self.node.stop_accepting()
         self.queue.stop_claiming()  # running tasks may finish; what is left is released to the queue
         grace = self.settings.shutdown_grace_seconds
         with trio.move_on_after(grace) as scope:
@@ -131,4 +167,14 @@ class Sidecar:
 
 async def run(settings: SidecarSettings) -> None:
     prepare_data_dir(settings)
-    await Sidecar(settings).serve()
+    sidecar = Sidecar(settings)
+    try:
+        await sidecar.serve()
+    except* (NodeStartupError, BridgeStartupError) as group:
+        # Trio wraps a child's start-up failure in (nested) exception groups; report the first one plainly.
+        raise SidecarStartupError(str(_first_leaf(group))) from None
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first

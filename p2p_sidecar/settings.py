@@ -7,12 +7,20 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from shared_schema.settings_types import CommaList, Endpoint, check_tool_dirs
+from p2p_sidecar.node.addresses import check_announce_addr, check_bootstrap_addr, check_listen_addr
+from shared_schema.settings_types import CommaList, Endpoint, check_tool_dirs, split_list
+
+ListenAddrs = Annotated[list[Annotated[str, AfterValidator(check_listen_addr)]], NoDecode, BeforeValidator(split_list)]
+AnnounceAddrs = Annotated[
+    list[Annotated[str, AfterValidator(check_announce_addr)]], NoDecode, BeforeValidator(split_list)
+]
+PeerAddrs = Annotated[list[Annotated[str, AfterValidator(check_bootstrap_addr)]], NoDecode, BeforeValidator(split_list)]
+"""Lists of multiaddrs, written like every list setting (``a,b`` or a JSON list), each entry checked at start."""
 
 
 def default_data_dir() -> Path:
@@ -76,3 +84,55 @@ class SidecarSettings(BaseSettings):
     task_default_timeout_seconds: float = Field(
         600.0, gt=0, le=604800, description="Run-time limit of a task submitted without a timeout."
     )
+    # -- libp2p node (p2p_sidecar/node) --
+    listen_addrs: ListenAddrs = Field(
+        default_factory=lambda: ["/ip4/0.0.0.0/tcp/4001"],
+        description="libp2p listen multiaddrs (/ip4/HOST/tcp/PORT or /ip6/...; port 0 picks a free one).",
+    )
+    announce_addrs: AnnounceAddrs = Field(
+        default_factory=list, description="Addresses peers are told to dial instead of the listen addresses."
+    )
+    bootstrap_peers: PeerAddrs = Field(
+        default_factory=list,
+        description="Peers dialled at start and re-dialled with backoff: multiaddrs ending in /p2p/<peer id>.",
+    )
+    bootstrap_file: Path | None = Field(
+        None, description="File of more bootstrap peer multiaddrs, one per line (# starts a comment)."
+    )
+    target_connections: int = Field(
+        8, ge=0, le=1000, description="Peers the node keeps connected when it knows enough."
+    )
+    mdns: bool = Field(False, description="Discover peers on the local network with mDNS.")
+    max_known_peers: int = Field(
+        10_000, ge=16, description="Peers remembered; past it the stalest peer not connected is forgotten."
+    )
+    peer_ping_interval: float = Field(2.0, gt=0, le=600, description="Seconds between liveness pings to each peer.")
+    peer_gone_timeout: float = Field(
+        10.0, gt=0, le=3600, description="A peer unanswered for this long is marked gone and disconnected."
+    )
+    peer_exchange_interval: float = Field(
+        10.0, gt=0, le=3600, description="Seconds between asking connected peers whom they know."
+    )
+    redial_max_backoff: float = Field(
+        30.0, gt=0, le=3600, description="Longest wait between re-dials of a bootstrap or persisted peer."
+    )
+    p2p_max_message_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024, description="Largest message accepted on the peer protocol."
+    )
+    p2p_request_timeout: float = Field(
+        10.0, gt=0, le=300, description="Deadline of the node's own requests to peers (hello, ping, exchange)."
+    )
+    p2p_streams_per_peer: int = Field(
+        8, ge=1, le=256, description="Pooled outbound streams per peer: requests in flight to one peer."
+    )
+    p2p_max_inbound_requests: int = Field(
+        256, ge=1, description="Requests from peers running at once before new ones get 'busy'."
+    )
+
+    @field_validator("peer_gone_timeout")
+    @classmethod
+    def _gone_after_ping(cls, value: float, info: ValidationInfo) -> float:
+        interval = info.data.get("peer_ping_interval")
+        if interval is not None and value <= interval:
+            raise ValueError(f"must be longer than SIDECAR_PEER_PING_INTERVAL ({interval})")
+        return value

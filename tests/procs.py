@@ -127,27 +127,32 @@ class Proc:
 def base_env(**overrides: str) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith(("GATEWAY_", "SIDECAR_"))}
     env["PYTHONUNBUFFERED"] = "1"
+    # A test sidecar's libp2p node listens on a free loopback port, never the shared default 0.0.0.0:4001.
+    env["SIDECAR_LISTEN_ADDRS"] = "/ip4/127.0.0.1/tcp/0"
     env.update(overrides)
     return env
 
 
 def sidecar_proc(tmp: Path, name: str = "sidecar", *, endpoint: str | None = None, **env: str) -> Proc:
+    """A sidecar on free ports; its libp2p node listens on a fixed loopback port, so a restart keeps its address."""
     admin_port = free_port()
+    p2p_port = free_port()
     endpoint = endpoint or f"tcp://127.0.0.1:{free_port()}"
     data_dir = tmp / f"{name}-data"
-    full_env = base_env(
-        SIDECAR_BRIDGE_ENDPOINT=endpoint,
-        SIDECAR_ADMIN_PORT=str(admin_port),
-        SIDECAR_DATA_DIR=str(data_dir),
-        **env,
-    )
+    settings = {
+        "SIDECAR_BRIDGE_ENDPOINT": endpoint,
+        "SIDECAR_ADMIN_PORT": str(admin_port),
+        "SIDECAR_DATA_DIR": str(data_dir),
+        "SIDECAR_LISTEN_ADDRS": f"/ip4/127.0.0.1/tcp/{p2p_port}",
+    }
+    settings.update(env)
     return Proc(
         name,
         ["-m", "p2p_sidecar"],
-        full_env,
+        base_env(**settings),
         tmp / f"{name}.log",
         f"http://127.0.0.1:{admin_port}/health",
-        extra={"endpoint": endpoint, "admin_port": admin_port, "data_dir": data_dir},
+        extra={"endpoint": endpoint, "admin_port": admin_port, "data_dir": data_dir, "p2p_port": p2p_port},
     )
 
 
@@ -190,3 +195,127 @@ def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.05, what
             return value
         time.sleep(interval)
     raise TimeoutError(f"{what} not met within {timeout}s")
+
+
+def start_all(*procs: Proc, timeout: float = 30.0) -> None:
+    """Start several processes at once and wait until each is healthy (faster than one by one)."""
+    for proc in procs:
+        proc.start(wait=False)
+    for proc in procs:
+        proc.wait_healthy(timeout)
+
+
+# -- libp2p networks of sidecars ------------------------------------------------------------------------------
+
+FAST_P2P = {
+    "SIDECAR_PEER_PING_INTERVAL": "0.5",
+    "SIDECAR_PEER_GONE_TIMEOUT": "3",
+    "SIDECAR_PEER_EXCHANGE_INTERVAL": "1",
+    "SIDECAR_REDIAL_MAX_BACKOFF": "2",
+}
+"""Liveness and discovery timings for tests: a dead peer is gone within about 3.5 s."""
+
+
+def make_identity(data_dir: Path) -> str:
+    """Create a node key in ``data_dir`` ahead of the start, so every peer id is known before any process runs."""
+    from p2p_sidecar.node.identity import load_or_create
+    from p2p_sidecar.node.libp2p_host import peer_id_of
+
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key_pair, _ = load_or_create(data_dir)
+    return peer_id_of(key_pair)
+
+
+@dataclass
+class Peer:
+    """One node of a test network: its sidecar, its gateway if it has one, and how to reach it."""
+
+    name: str
+    sidecar: Proc
+    peer_id: str
+    gateway: Proc | None = None
+
+    @property
+    def multiaddr(self) -> str:
+        return f"/ip4/127.0.0.1/tcp/{self.sidecar.extra['p2p_port']}/p2p/{self.peer_id}"
+
+    @property
+    def admin(self) -> str:
+        return f"http://127.0.0.1:{self.sidecar.extra['admin_port']}"
+
+    def procs(self) -> list[Proc]:
+        return [self.sidecar] + ([self.gateway] if self.gateway else [])
+
+    def tool(self, name: str, arguments: dict[str, Any] | None = None) -> tuple[int, Any]:
+        """Call a tool through this node's gateway's REST face."""
+        assert self.gateway is not None, f"{self.name} has no gateway"
+        return http_json("POST", f"{self.gateway.extra['url']}/tools/execute/{name}", arguments or {}, timeout=60)
+
+    def peers(self, **filters: Any) -> dict[str, dict[str, Any]]:
+        status, body = self.tool("peer_list", filters)
+        assert status == 200, body
+        return {entry["peer_id"]: entry for entry in body["result"]["peers"]}
+
+    def status_of(self, other: Peer) -> str | None:
+        entry = self.peers().get(other.peer_id)
+        return entry["status"] if entry else None
+
+    def wait_connected(self, others: list[Peer], timeout: float = 30.0) -> dict[str, dict[str, Any]]:
+        """Wait until every one of ``others`` is connected with a measured latency; returns the connected peers."""
+        wanted = {other.peer_id for other in others}
+
+        def ready() -> dict[str, dict[str, Any]] | None:
+            found = self.peers(status_filter="connected")
+            done = wanted <= set(found) and all(found[peer]["latency_ms"] is not None for peer in wanted)
+            return found if done else None
+
+        names = sorted(other.name for other in others)
+        return wait_for(ready, timeout, 0.2, what=f"{self.name} connected to {names}")
+
+    def metric(self, name: str) -> float:
+        """The sum of a metric's samples on this sidecar's /metrics."""
+        _, text = http_json("GET", self.admin + "/metrics")
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+
+def p2p_network(
+    tmp: Path,
+    names: list[str],
+    *,
+    bootstrap: dict[str, list[str]] | None = None,
+    gateways: tuple[str, ...] = (),
+    env: dict[str, dict[str, str]] | None = None,
+    gateway_env: dict[str, str] | None = None,
+    **common: str,
+) -> dict[str, Peer]:
+    """Sidecars (not started) that bootstrap from each other by name, each with its own identity and ports."""
+    peers: dict[str, Peer] = {}
+    for name in names:
+        peer_id = make_identity(tmp / f"{name}-data")
+        peers[name] = Peer(name, sidecar_proc(tmp, name), peer_id)
+    for name, peer in peers.items():
+        settings = {**FAST_P2P, **common, **(env or {}).get(name, {})}
+        targets = (bootstrap or {}).get(name, [])
+        if targets:
+            settings["SIDECAR_BOOTSTRAP_PEERS"] = ",".join(peers[target].multiaddr for target in targets)
+        peer.sidecar.env.update(settings)
+        if name in gateways:
+            endpoint = peer.sidecar.extra["endpoint"]
+            peer.gateway = gateway_proc(tmp, f"{name}-gateway", endpoint=endpoint, **(gateway_env or {}))
+    return peers
+
+
+@contextlib.contextmanager
+def running_network(peers: dict[str, Peer]) -> Iterator[dict[str, Peer]]:
+    """Start every sidecar and gateway at once, wait until the gateways have the sidecar's catalog, stop all after."""
+    procs = [proc for peer in peers.values() for proc in peer.procs()]
+    try:
+        start_all(*procs, timeout=60)
+        for peer in peers.values():
+            if peer.gateway is not None:
+                peer.gateway.health_url = peer.gateway.extra["url"] + "/health/ready"
+                peer.gateway.wait_healthy(30)
+        yield peers
+    finally:
+        for proc in reversed(procs):
+            proc.stop()

@@ -1,0 +1,119 @@
+"""Building the py-libp2p host, and the two workarounds it needs in 0.8.1.
+
+The node uses exactly one host for its whole life: TCP transport, Noise
+security (the only one offered: no plaintext, no secio), Yamux
+multiplexing, identify and ping on (py-libp2p registers both by default).
+Everything py-libp2p-specific that the rest of the node should not know
+about lives here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+
+import multiaddr
+from libp2p import __version__ as libp2p_version
+from libp2p import new_swarm
+from libp2p.crypto.keys import KeyPair
+from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
+from libp2p.host.basic_host import BasicHost
+from libp2p.network.config import RetryConfig
+from libp2p.peer.id import ID
+from libp2p.rcmgr import new_resource_manager
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+
+from p2p_sidecar.node.addresses import advertised_addrs
+
+log = logging.getLogger(__name__)
+
+PATCHED_VERSION = "0.8.1"
+
+
+def remove_connect_delay() -> None:
+    """Drop py-libp2p 0.8.1's fixed 250 ms wait from every dial.
+
+    ``Swarm.dial_peer`` starts a dial per selected address and then waits up
+    to ``_HAPPY_EYEBALLS_DELAY`` (250 ms) for that dial to *fail* before it
+    moves on; a dial that succeeds does not end the wait, so every connect
+    took about 250 ms even to a single loopback address (measured: about
+    5 ms without it).  The delay only exists to stagger a second address of
+    another transport class; this node dials TCP only and ``dial_peer``
+    selects at most one address per class, so there is never a second dial
+    to stagger.  Applied only to the version it was measured on; another
+    version is left alone (and logged) so an upgrade is a conscious decision.
+    """
+    from libp2p.network import swarm
+
+    if libp2p_version != PATCHED_VERSION or not hasattr(swarm, "_HAPPY_EYEBALLS_DELAY"):
+        log.warning("libp2p %s: connect-delay workaround not applied (written for %s)", libp2p_version, PATCHED_VERSION)
+        return
+    swarm._HAPPY_EYEBALLS_DELAY = 0.0
+
+
+def batch_window_updates() -> None:
+    """Let Yamux acknowledge received bytes in batches, as go-yamux does, instead of after every read.
+
+    py-libp2p 0.8.1's Yamux sends a WINDOW_UPDATE frame after every read by
+    default (``PY_YAMUX_RELEASE_ON_READ=1``): for request/reply traffic that
+    doubles the frames on the wire, each one Noise-encrypted and written by
+    its own system call, on both ends (measured: about 2 frames and sends per
+    request instead of 1).  With it off, credit is returned once half the
+    receive window has been consumed, the go-yamux behaviour, so a sender never
+    stalls.  The variable is py-libp2p's own documented tuning knob, read at
+    call time; an operator's explicit setting wins.
+    """
+    os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
+
+
+def build_host(key_pair: KeyPair, *, announce: Sequence[str], enable_mdns: bool) -> BasicHost:
+    """A host that has not started yet; ``host.run(listen_addrs)`` starts it.
+
+    Built from ``new_swarm`` + ``BasicHost`` rather than ``new_host`` for two
+    settings ``new_host`` does not pass through: Noise as the only security
+    transport, and no dial retries inside the swarm (``RetryConfig(0)``): the
+    node's connection manager owns retrying, with its own backoff, and a
+    peer_connect call states its own retry_count.
+    """
+    resource_manager = new_resource_manager()
+    noise = NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
+    swarm = new_swarm(
+        key_pair=key_pair,
+        sec_opt={NOISE_PROTOCOL_ID: noise},
+        muxer_preference="YAMUX",
+        retry_config=RetryConfig(max_retries=0),
+        resource_manager=resource_manager,
+    )
+    static = [multiaddr.Multiaddr(addr) for addr in announce]
+
+    def addresses(candidates: list[multiaddr.Multiaddr]) -> list[multiaddr.Multiaddr]:
+        # What identify and our hello advertise: the configured announce addresses, or the real
+        # listen addresses with a wildcard bind (0.0.0.0) expanded, since nobody can dial 0.0.0.0.
+        if static:
+            return list(static)
+        return [multiaddr.Multiaddr(addr) for addr in advertised_addrs(str(c) for c in candidates)]
+
+    return BasicHost(
+        network=swarm,
+        enable_mDNS=enable_mdns,
+        resource_manager=resource_manager,
+        addrs_factory=addresses,
+        disable_identify_address_discovery=True,
+    )
+
+
+async def stop_auto_connector(host: BasicHost) -> None:
+    """Stop py-libp2p's own auto-connector: whom to dial is the node's ConnectionManager's decision.
+
+    Left running, it dials whatever is in libp2p's peerstore every 30 s to
+    reach a target of 150 connections, and logs its state at INFO each time.
+    """
+    connector = getattr(host.get_network(), "auto_connector", None)
+    if connector is not None:
+        await connector.stop()
+
+
+def peer_id_of(key_pair: KeyPair) -> str:
+    return str(ID.from_pubkey(key_pair.public_key))

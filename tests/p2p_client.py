@@ -1,0 +1,76 @@
+"""A bare py-libp2p client for tests: it speaks Noise and Yamux, then whatever bytes a test wants on our protocol.
+
+A raw TCP socket cannot reach our protocol (it would fail the Noise handshake
+first), so tests that send garbage over ``/mcp-p2p/rpc/1.0.0`` use a real
+libp2p host of their own, run in the test process with ``trio.run``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import multiaddr
+import trio
+from libp2p import new_host
+from libp2p.abc import INetStream
+from libp2p.custom_types import TProtocol
+from libp2p.network.stream.exceptions import StreamEOF, StreamError
+from libp2p.peer.peerinfo import info_from_p2p_addr
+
+from p2p_sidecar.node.libp2p_host import remove_connect_delay
+from p2p_sidecar.node.wire import PROTOCOL_ID
+
+T = TypeVar("T")
+Opener = Callable[[], Awaitable[INetStream]]
+
+
+def run_client(target: str, scenario: Callable[[Opener], Awaitable[T]], *, timeout: float = 30.0) -> T:
+    """Connect to the node at ``target`` (a full multiaddr) and run ``scenario`` with a stream opener."""
+
+    async def main() -> T:
+        remove_connect_delay()
+        host = new_host()
+        async with host.run([multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):
+            info = info_from_p2p_addr(multiaddr.Multiaddr(target))
+            with trio.fail_after(timeout):
+                await host.connect(info)
+
+                async def open_stream() -> INetStream:
+                    return await host.new_stream(info.peer_id, [TProtocol(PROTOCOL_ID)])
+
+                try:
+                    return await scenario(open_stream)
+                finally:
+                    await host.disconnect(info.peer_id)
+
+    return trio.run(main)
+
+
+async def read_until_closed(stream: INetStream, timeout: float = 5.0) -> tuple[bytes, str]:
+    """Everything the peer sends until it ends the stream, and how it ended: 'reset' or 'eof'."""
+    received = b""
+    with trio.fail_after(timeout):
+        while True:
+            try:
+                data = await stream.read(65536)
+            except StreamEOF:
+                return received, "eof"
+            except StreamError:
+                return received, "reset"
+            if not data:
+                return received, "eof"
+            received += data
+
+
+async def writable(stream: INetStream) -> bool:
+    """Whether the stream still takes writes: after a reset it does not (a graceful close only ends reading).
+
+    py-libp2p's yamux may report a received reset to readers as end-of-stream once it has dropped the
+    stream's bookkeeping, so reading alone cannot tell a reset from a close; writing can.
+    """
+    try:
+        await stream.write(b"\x00")
+    except StreamError:
+        return False
+    return True
