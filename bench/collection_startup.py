@@ -30,6 +30,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -127,11 +128,8 @@ def ms(values: list[float]) -> str:
     return f"{1000 * statistics.median(values):.1f}" if values else "-"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=6, help="gateway starts per configuration (default 6)")
-    parser.add_argument("--warm", type=int, default=20, help="warm listings per client per start (default 20)")
-    args = parser.parse_args()
+def run(runs: int = 6, warm: int = 20) -> dict[str, Any]:
+    """Medians (ms) per configuration, and the collection's size."""
     with tempfile.TemporaryDirectory(prefix="collection-bench-") as raw:
         tmp = Path(raw)
         manifest = generate(tmp / "collection")
@@ -149,53 +147,76 @@ def main() -> None:
             ),
         }
         run_config(tmp, "prewarm", 1, 0, *configs["collection, cached"])  # writes the schema cache
-        results = {
-            name: run_config(tmp, f"c{i}", args.runs, args.warm, *config)
-            for i, (name, config) in enumerate(configs.items())
+        samples = {
+            name: run_config(tmp, f"c{i}", runs, warm, *config) for i, (name, config) in enumerate(configs.items())
         }
-    print(
-        f"{manifest.modules} modules, {len(manifest.tools)} collection tools; medians of {args.runs} starts, "
-        f"{args.warm} warm listings per client per start (ms)\n"
-    )
-    header = (
-        "configuration",
-        "tools",
-        "gateway start->ready",
-        "sidecar start->ready",
-        "/mcp first",
-        "/mcp warm",
-        "/mcp legacy warm",
-        "REST first",
-        "REST warm",
-    )
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for name, s in results.items():
-        row = (
-            name,
-            str(s.tools),
-            ms(s.gateway_ready),
-            ms(s.sidecar_ready),
-            ms(s.mcp_first),
-            ms(s.mcp_warm),
-            ms(s.legacy_warm),
-            ms(s.rest_first),
-            ms(s.rest_warm),
-        )
-        print("| " + " | ".join(row) + " |")
-    base = results["none"]
-    print()
+    medians = {
+        name: {
+            "tools": s.tools,
+            **{
+                key: 1000 * statistics.median(getattr(s, key))
+                for key in (
+                    "gateway_ready",
+                    "sidecar_ready",
+                    "mcp_first",
+                    "mcp_warm",
+                    "legacy_warm",
+                    "rest_first",
+                    "rest_warm",
+                )
+                if getattr(s, key)
+            },
+        }
+        for name, s in samples.items()
+    }
+    return {"modules": manifest.modules, "tools": len(manifest.tools), "runs": runs, "warm": warm, "medians": medians}
+
+
+COLUMNS = (
+    ("gateway_ready", "gateway start->ready"),
+    ("sidecar_ready", "sidecar start->ready"),
+    ("mcp_first", "/mcp first"),
+    ("mcp_warm", "/mcp warm"),
+    ("legacy_warm", "/mcp legacy warm"),
+    ("rest_first", "REST first"),
+    ("rest_warm", "REST warm"),
+)
+
+
+def markdown(results: dict[str, Any]) -> str:
+    medians = results["medians"]
+    lines = [
+        f"{results['modules']} generated modules ({results['tools']} collection tools, tests/toolgen.py); medians of "
+        f"{results['runs']} starts per configuration, {results['warm']} warm listings per client per start (ms). "
+        "`cold`: schema cache off, so the first listing imports every module; `cached`: a cache written by an "
+        "earlier start.",
+        "",
+        "| configuration | tools | " + " | ".join(label for _, label in COLUMNS) + " |",
+        "|---|---|" + "---|" * len(COLUMNS),
+    ]
+    for name, row in medians.items():
+        cells = [f"{row[key]:.1f}" if key in row else "-" for key, _ in COLUMNS]
+        lines.append(f"| {name} | {row['tools']} | " + " | ".join(cells) + " |")
+    base = medians["none"]
+    lines.append("")
     for name in ("collection, cold", "collection, cached"):
-        s = results[name]
-        ratios = [
-            ("gateway start", s.gateway_ready, base.gateway_ready),
-            ("sidecar start", s.sidecar_ready, base.sidecar_ready),
-            ("/mcp first list", s.mcp_first, base.mcp_first),
-            ("/mcp warm list", s.mcp_warm, base.mcp_warm),
-            ("REST warm list", s.rest_warm, base.rest_warm),
-        ]
-        text = ", ".join(f"{what} {statistics.median(a) / statistics.median(b):.2f}x" for what, a, b in ratios)
-        print(f"{name} / none: {text}")
+        row = medians[name]
+        ratios = ", ".join(
+            f"{label} {row[key] / base[key]:.2f}x"
+            for key, label in (("gateway_ready", "gateway start"), ("sidecar_ready", "sidecar start"),
+                               ("mcp_first", "/mcp first list"), ("mcp_warm", "/mcp warm list"),
+                               ("rest_warm", "REST warm list"))
+        )  # fmt: skip
+        lines.append(f"* {name} / none: {ratios}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=6, help="gateway starts per configuration (default 6)")
+    parser.add_argument("--warm", type=int, default=20, help="warm listings per client per start (default 20)")
+    args = parser.parse_args()
+    print(markdown(run(args.runs, args.warm)))
 
 
 if __name__ == "__main__":

@@ -45,15 +45,6 @@ from p2p_sidecar.node.wire import PROTOCOL_ID, FrameReader, Request, decode, enc
 from tests.procs import p2p_network, running_network
 
 
-def summary(name: str, samples_ms: list[float], baseline: float | None = None) -> str:
-    ordered = sorted(samples_ms)
-    p50 = statistics.median(ordered)
-    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
-    p90 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.90))]
-    ratio = f"{p50 / baseline:5.2f}x" if baseline else "    - "
-    return f"{name:<14} p50 {p50:7.3f} ms   p90 {p90:7.3f} ms   p99 {p99:7.3f} ms   {ratio} local   (n={len(ordered)})"
-
-
 def http_series(port: int, tool: str, body: dict[str, Any], calls: int, warmup: int) -> tuple[list[float], list[Any]]:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     payload = json.dumps(body).encode()
@@ -137,11 +128,21 @@ def direct_series(target: str, calls: int, warmup: int) -> tuple[list[float], li
     return trio.run(main)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--calls", type=int, default=2000)
-    parser.add_argument("--warmup", type=int, default=200)
-    args = parser.parse_args()
+SERIES = ("local", "bridge", "remote", "remote/a", "direct ping", "direct call")
+
+
+def _stats(samples_ms: list[float]) -> dict[str, float]:
+    ordered = sorted(samples_ms)
+    return {
+        "p50": statistics.median(ordered),
+        "p90": ordered[min(len(ordered) - 1, int(len(ordered) * 0.90))],
+        "p99": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))],
+        "n": len(ordered),
+    }
+
+
+def run(calls: int = 2000, warmup: int = 200) -> dict[str, Any]:
+    """Every series, summarised (milliseconds), plus the connect-delay comparison and per-process notes."""
     with tempfile.TemporaryDirectory(prefix="bench-remote-") as tmp:
         peers = p2p_network(
             Path(tmp),
@@ -158,14 +159,13 @@ def main() -> None:
             b.wait_connected([a])
             assert a.gateway is not None
             port = a.gateway.extra["port"]
-            n, w = args.calls, args.warmup
-            local, _ = http_series(port, "echo", {"message": "bench"}, n, w)
-            bridge, _ = http_series(port, "p2p_echo", {"message": "bench"}, n, w)
+            local, _ = http_series(port, "echo", {"message": "bench"}, calls, warmup)
+            bridge, _ = http_series(port, "p2p_echo", {"message": "bench"}, calls, warmup)
             remote_body = {"tool_name": "echo", "args": {"message": "bench"}, "remote_peer_id": b.peer_id}
-            remote, results = http_series(port, "p2p_remote_call_tool", remote_body, n, w)
+            remote, results = http_series(port, "p2p_remote_call_tool", remote_body, calls, warmup)
             inside_a = [float(result["elapsed_ms"]) for result in results]
             connect_shipped, connect_fixed = connect_series(b.multiaddr, 10)
-            ping, call = direct_series(b.multiaddr, n, w)
+            ping, call = direct_series(b.multiaddr, calls, warmup)
             notes = []
             for peer in (a, b):
                 for direction in ("out", "in"):
@@ -175,24 +175,61 @@ def main() -> None:
                         notes.append(f"sidecar {peer.name} requests {direction}: mean {1000 * total / count:.3f} ms")
                 opened = peer.metric("sidecar_p2p_streams_opened_total")
                 notes.append(f"sidecar {peer.name} streams opened: {opened:.0f}")
-    baseline = statistics.median(local)
-    print(f"p2p_remote_call_tool round trip, 2 nodes on loopback, {n} sequential calls each (after {w} warm-up)")
-    for name, samples in [
-        ("local", local),
-        ("bridge", bridge),
-        ("remote", remote),
-        ("remote/a", inside_a),
-        ("direct ping", ping),
-        ("direct call", call),
-    ]:
-        print(summary(name, samples, baseline))
-    print(
-        f"host.connect to b, 10 fresh hosts: p50 {statistics.median(connect_shipped):.1f} ms as shipped, "
-        f"{statistics.median(connect_fixed):.1f} ms without the fixed 250 ms happy-eyeballs wait"
-    )
-    extra = statistics.median(remote) - statistics.median(bridge)
-    print(f"the libp2p hop and node b's side add {extra:.3f} ms (p50) to a bridged call")
-    print("; ".join(notes))
+    samples = dict(zip(SERIES, (local, bridge, remote, inside_a, ping, call), strict=True))
+    return {
+        "calls": calls,
+        "warmup": warmup,
+        "series": {name: _stats(values) for name, values in samples.items()},
+        "connect_ms": {"shipped": statistics.median(connect_shipped), "fixed": statistics.median(connect_fixed)},
+        "notes": notes,
+    }
+
+
+DESCRIPTIONS = {
+    "local": "`echo` on gateway A (HTTP + gateway only)",
+    "bridge": "`p2p_echo`: gateway A -> bridge -> sidecar a",
+    "remote": "**`p2p_remote_call_tool`**: gateway A -> a -> libp2p -> b -> gateway B, and back",
+    "remote/a": "the same calls, timed inside sidecar a",
+    "direct ping": "our `ping` op from a py-libp2p client straight to sidecar b",
+    "direct call": "our `call_tool` op straight to sidecar b (-> bridge -> gateway B)",
+}
+
+
+def markdown(results: dict[str, Any]) -> str:
+    series = results["series"]
+    base = series["local"]["p50"]
+    lines = [
+        f"Two sidecars with a gateway each, loopback; {results['calls']} sequential calls per series after "
+        f"{results['warmup']} warm-up, over one kept-alive HTTP connection (ms).",
+        "",
+        "| series | path | p50 | p90 | p99 | p50 vs local |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in SERIES:
+        entry = series[name]
+        lines.append(
+            f"| {name} | {DESCRIPTIONS[name]} | {entry['p50']:.3f} | {entry['p90']:.3f} | {entry['p99']:.3f} | "
+            f"{entry['p50'] / base:.2f}x |"
+        )
+    extra = series["remote"]["p50"] - series["bridge"]["p50"]
+    connect = results["connect_ms"]
+    lines += [
+        "",
+        f"The libp2p hop and node b's side add {extra:.3f} ms (p50) to a bridged call. `host.connect` to b from a "
+        f"fresh host: {connect['shipped']:.1f} ms with py-libp2p as shipped, {connect['fixed']:.1f} ms without its "
+        "fixed 250 ms happy-eyeballs wait (p50 of 10).",
+        "",
+        "Per process: " + "; ".join(results["notes"]) + ".",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--warmup", type=int, default=200)
+    args = parser.parse_args()
+    print(markdown(run(args.calls, args.warmup)))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from bench import collection_startup, remote_call
+
 TARGETS_NOTE = "Targets are the ones set in issue 6; each row says whether this run met it."
 
 
@@ -45,6 +47,10 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
             seed16["rps_ratio"] >= 10,
         )
     )
+    remote = results["remote_call"]["series"]["remote"]["p50"]
+    rows.append(("remote tool call through the gateway p50 <= 3 ms", f"{remote:.2f} ms", remote <= 3.0))
+    queued = results["queue_local"]["sidecar_rss_mb_with_queued"]
+    rows.append(("sidecar RSS with 10,000 queued tasks <= 200 MB", f"{queued:.0f} MB", queued <= 200))
     rss = results["startup"]
     rows.append(("gateway idle RSS <= 90 MB", f"{rss['gateway_idle_rss_mb']:.0f} MB", rss["gateway_idle_rss_mb"] <= 90))
     rows.append(
@@ -142,6 +148,10 @@ def render(results: dict[str, Any], command: str) -> str:
     peak = results["load_peak_rss_mb"]
     out += [
         "",
+        "## 4. Across peers: remote tool call over libp2p",
+        "",
+        remote_call.markdown(results["remote_call"]),
+        "",
         "## 6. Memory and start-up",
         "",
         "| process | idle RSS | peak RSS under scenario 1 load |",
@@ -151,6 +161,21 @@ def render(results: dict[str, Any], command: str) -> str:
         "",
         "Start (both processes spawned together) to gateway `/health/ready` = 200: "
         f"{startup['ready_s']:.2f} s (median).",
+        "",
+    ]
+    queue = results["queue_local"]
+    out += [
+        f"With {queue['tasks']:,} tasks queued (paused queue, SQLite on disk) the sidecar's RSS is "
+        f"{queue['sidecar_rss_mb_with_queued']:.0f} MB ({queue['sidecar_idle_rss_mb']:.0f} MB before they were "
+        f"submitted); its local worker then completed them at {queue['drain_completed_per_s']:,.0f} tasks/s "
+        f"(one node). Submitting them through the REST face ran at {queue['submit_per_s']:,.0f}/s with "
+        f"{queue['clients']} client threads. One task, submit + `task_wait`: "
+        f"p50 {queue['submit_to_result_ms']['p50']:.2f} ms, p99 {queue['submit_to_result_ms']['p99']:.2f} ms "
+        f"(a plain `p2p_echo` call: p50 {queue['p2p_echo_ms']['p50']:.2f} ms).",
+        "",
+        "## Tool collection at 400-tool scale",
+        "",
+        collection_startup.markdown(results["collection"]),
         "",
     ]
     return "\n".join(out)

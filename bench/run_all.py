@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import bridge_cost, floor, footprint, seed_style
+from bench import bridge_cost, collection_startup, floor, footprint, remote_call, seed_style, taskqueue_local
 from bench.loadgen import ensure_wrk, process_cpu_seconds, rss_mb
 from bench.machine import describe
 from bench.report import plot, render
@@ -80,6 +80,15 @@ def main() -> None:
             results["floor"] = floor.run(sidecar.extra["endpoint"], n=500 if args.quick else 5000)
             results["seed_style"] = seed_style.run(url, concurrencies=concurrencies, seconds=seconds, repeats=repeats)
         results["startup"] = footprint.startup(tmp, runs=1 if args.quick else 3)
+        with bench_stack(tmp) as (gateway, sidecar):
+            results["queue_local"] = taskqueue_local.run(
+                gateway.extra["url"],
+                sidecar.pid,
+                tasks=2000 if args.quick else 10_000,
+                samples=50 if args.quick else 200,
+            )
+    results["remote_call"] = remote_call.run(calls=200 if args.quick else 1000, warmup=50 if args.quick else 100)
+    results["collection"] = collection_startup.run(runs=1 if args.quick else 3, warm=3 if args.quick else 10)
     results["elapsed_s"] = time.monotonic() - t0
     results["machine"] = describe()
     command = ".venv/bin/python -m bench.run_all" + (" --quick" if args.quick else "") + "   (make bench)"
