@@ -21,8 +21,10 @@ from starlette.routing import Route
 
 from gateway import __version__
 from gateway.bridge_client import BridgeClient
+from gateway.http_limits import BodyLimit
 from gateway.mcp_server import GatewayMCP
 from gateway.metrics import GatewayMetrics
+from gateway.oauth import install_oauth
 from gateway.registry import ToolRegistry
 from gateway.rest import build_rest_router
 from gateway.router import RuntimeRouter
@@ -51,12 +53,23 @@ class Gateway:
                 on_inbound_call=lambda envelope: self.router.serve_inbound(envelope),
                 hello_body=self._hello_body,
             )
-        self.router = RuntimeRouter(self.registry, self.bridge, self.metrics, timeout_cap=settings.call_timeout_cap)
+        self.router = RuntimeRouter(
+            self.registry,
+            self.bridge,
+            self.metrics,
+            timeout_cap=settings.call_timeout_cap,
+            max_argument_depth=settings.max_argument_depth,
+            max_calls_per_client=settings.max_calls_per_client,
+        )
         register_builtin_tools(self.registry)
         register_meta_tools(self.registry, self.router)
-        self.mcp = GatewayMCP(self.registry, self.router, max_body_bytes=4 * 1024 * 1024)
+        self.mcp = GatewayMCP(self.registry, self.router, max_body_bytes=settings.max_body_bytes)
+        self.stopping = False
         self.registry.on_change(self._count_tools)
         self._count_tools()
+
+    def count_rejection(self, limit: str) -> None:
+        self.metrics.limit_rejections.labels(limit).inc()
 
     def _hello_body(self) -> dict[str, Any]:
         local = sorted(spec.name for spec in self.registry.specs() if self.registry.local_tool(spec.name))
@@ -70,7 +83,13 @@ class Gateway:
 
     @property
     def ready(self) -> bool:
-        return self.bridge is None or self.bridge.available
+        return not self.stopping and (self.bridge is None or self.bridge.available)
+
+    def begin_shutdown(self) -> None:
+        """SIGTERM arrived: report unready at once so load balancers stop sending; calls in flight finish."""
+        if not self.stopping:
+            self.stopping = True
+            log.info("shutting down: no longer ready; draining calls in flight")
 
     def health(self) -> dict[str, Any]:
         bridge: dict[str, Any] = {"enabled": self.bridge is not None}
@@ -82,7 +101,7 @@ class Gateway:
                 sidecar=self.bridge.sidecar_info,
             )
         return {
-            "status": "ok",
+            "status": "stopping" if self.stopping else "ok",
             "version": __version__,
             "ready": self.ready,
             "tools": len(self.registry),
@@ -130,7 +149,13 @@ def create_app(settings: GatewaySettings, gateway: Gateway | None = None) -> Fas
     app.include_router(build_rest_router(gateway.registry, gateway.router))
     app.router.routes.append(Route(MCP_PATH, endpoint=gateway.mcp.asgi_app, methods=["GET", "POST", "DELETE"]))
 
+    # Middleware runs outermost-last-added: authentication, then Host/Origin, then the body bound,
+    # so an unauthenticated or rebinding request is refused before its body is read.
+    reject = gateway.count_rejection
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, timeout=settings.body_timeout, on_reject=reject)
     app.add_middleware(HostOriginGuard, path=MCP_PATH, hosts=settings.allowed_hosts, origins=settings.allowed_origins)
     if settings.auth_token is not None:
         app.add_middleware(BearerAuth, token=settings.auth_token.get_secret_value())
+    if settings.oauth_enabled:
+        install_oauth(app, settings)
     return app

@@ -44,6 +44,10 @@ def _json(content: Any, status: int = 200, headers: dict[str, str] | None = None
     return Response(body, status_code=status, media_type="application/json", headers=headers)
 
 
+def _client(request: Request) -> str | None:
+    return request.client.host if request.client is not None else None
+
+
 def _rest_tool(spec: ToolSpec) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "name": spec.name,
@@ -58,11 +62,13 @@ def _rest_tool(spec: ToolSpec) -> dict[str, Any]:
     return entry
 
 
-def _jsonrpc_error(request_id: Any, code: int, message: str, data: Any = None, status: int = 200) -> Response:
+def _jsonrpc_error(
+    request_id: Any, code: int, message: str, data: Any = None, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
     error: dict[str, Any] = {"code": code, "message": message}
     if data is not None:
         error["data"] = data
-    return _json({"jsonrpc": "2.0", "id": request_id, "error": error}, status)
+    return _json({"jsonrpc": "2.0", "id": request_id, "error": error}, status, headers)
 
 
 def build_rest_router(registry: ToolRegistry, router: RuntimeRouter) -> APIRouter:
@@ -81,9 +87,11 @@ def build_rest_router(registry: ToolRegistry, router: RuntimeRouter) -> APIRoute
         summary="Run a tool with a JSON object of parameters",
         responses={404: {"description": "unknown tool"}, 422: {"description": "invalid arguments"}},
     )
-    async def tools_execute(tool_name: str, parameters: dict[str, Any] = Body(default_factory=dict)) -> Response:
+    async def tools_execute(
+        tool_name: str, request: Request, parameters: dict[str, Any] = Body(default_factory=dict)
+    ) -> Response:
         try:
-            result = await router.call(tool_name, parameters)
+            result = await router.call(tool_name, parameters, client=_client(request))
         except BridgeError as exc:
             headers = {"Retry-After": "1"} if exc.code in RETRYABLE else None
             body = {"tool": tool_name, "status": "error", "error": exc.info.to_wire()}
@@ -132,9 +140,13 @@ def build_rest_router(registry: ToolRegistry, router: RuntimeRouter) -> APIRoute
                 "Invalid params: 'arguments' must be an object",
             )
         try:
-            result = await router.call(name, arguments)
+            result = await router.call(name, arguments, client=_client(request))
         except BridgeError as exc:
             code = REST_JSONRPC_ERRORS.get(exc.code)
+            if exc.code is ErrorCode.RATE_LIMITED:  # not accepted at all: say so in HTTP terms too
+                return _jsonrpc_error(
+                    request_id, code or 0, exc.message, exc.info.to_wire(), status=429, headers={"Retry-After": "1"}
+                )
             if code is not None:
                 return _jsonrpc_error(request_id, code, exc.message, exc.info.to_wire())
             content = [{"type": "text", "text": f"{exc.code.value}: {exc.message}"}]

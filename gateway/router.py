@@ -13,40 +13,71 @@ import time
 from typing import Any
 
 from gateway.bridge_client import BridgeClient
+from gateway.limits import ClientCallLimiter
 from gateway.metrics import GatewayMetrics
-from gateway.registry import ToolRegistry
+from gateway.registry import Route, ToolRegistry
 from shared_schema import BridgeError, Envelope, ErrorCode, ErrorInfo
+from shared_schema.limits import DEFAULT_MAX_ARGUMENT_DEPTH, check_argument_depth
 
 log = logging.getLogger(__name__)
 
 
 class RuntimeRouter:
     def __init__(
-        self, registry: ToolRegistry, bridge: BridgeClient | None, metrics: GatewayMetrics, *, timeout_cap: float
+        self,
+        registry: ToolRegistry,
+        bridge: BridgeClient | None,
+        metrics: GatewayMetrics,
+        *,
+        timeout_cap: float,
+        max_argument_depth: int = DEFAULT_MAX_ARGUMENT_DEPTH,
+        max_calls_per_client: int = 1_000_000,
     ) -> None:
         self.registry = registry
         self.bridge = bridge
         self._metrics = metrics
         self._timeout_cap = timeout_cap
+        self._max_depth = max_argument_depth
+        self.clients = ClientCallLimiter(max_calls_per_client)
 
-    async def call(self, name: str, arguments: dict[str, Any] | None, *, trace_id: str | None = None) -> Any:
-        """Run tool ``name``; returns its JSON-able result or raises ``BridgeError``."""
+    async def call(
+        self, name: str, arguments: dict[str, Any] | None, *, trace_id: str | None = None, client: str | None = None
+    ) -> Any:
+        """Run tool ``name``; returns its JSON-able result or raises ``BridgeError``.
+
+        ``client`` is the caller's address, for the per-client bound on calls in
+        flight; the checks that reject a call (unknown tool, arguments that are
+        not an object or nest too deep, the client's bound) all run before it
+        is dispatched anywhere.
+        """
         route = self.registry.route(name)
         if route is None:
             self._metrics.tool_calls.labels("none", ErrorCode.UNKNOWN_TOOL.value).inc()
             raise BridgeError(ErrorCode.UNKNOWN_TOOL, f"unknown tool: {name}")
-        if arguments is not None and not isinstance(arguments, dict):
-            raise BridgeError(ErrorCode.INVALID_ARGUMENTS, "arguments must be an object")
         runtime = "p2p" if route.is_p2p else "local"
+        try:
+            if arguments is not None and not isinstance(arguments, dict):
+                raise BridgeError(ErrorCode.INVALID_ARGUMENTS, "arguments must be an object")
+            check_argument_depth(name, arguments, self._max_depth)
+            with self.clients.slot(client):
+                return await self._dispatch(route, runtime, name, arguments or {}, trace_id)
+        except BridgeError as exc:
+            if exc.code in (ErrorCode.INVALID_ARGUMENTS, ErrorCode.RATE_LIMITED) and exc.data and "limit" in exc.data:
+                self._metrics.limit_rejections.labels(exc.data["limit"]).inc()
+            raise
+
+    async def _dispatch(
+        self, route: Route, runtime: str, name: str, arguments: dict[str, Any], trace_id: str | None
+    ) -> Any:
         timeout = min(route.spec.metadata.timeout_seconds, self._timeout_cap)
         started = time.perf_counter()
         outcome = "ok"
         try:
             if route.local is not None:
-                return await route.local.invoke(arguments or {}, timeout)
+                return await route.local.invoke(arguments, timeout)
             if self.bridge is None:
                 raise BridgeError(ErrorCode.UNAVAILABLE, "P2P sidecar unavailable (the gateway runs without a bridge)")
-            return await self.bridge.call(name, arguments or {}, timeout=timeout, trace_id=trace_id)
+            return await self.bridge.call(name, arguments, timeout=timeout, trace_id=trace_id)
         except BridgeError as exc:
             outcome = exc.code.value
             raise
@@ -65,6 +96,7 @@ class RuntimeRouter:
             return envelope.fail(ErrorInfo(ErrorCode.TIMEOUT, "deadline passed before the call started"))
         timeout = min(remaining, tool.metadata.timeout_seconds, self._timeout_cap)
         try:
+            check_argument_depth(name, envelope.arguments, self._max_depth)
             result = await tool.invoke(envelope.arguments or {}, timeout)
         except BridgeError as exc:
             log.info("inbound call %s to %s failed: %s", envelope.id, name, exc)

@@ -28,6 +28,7 @@ import zmq
 from p2p_sidecar.metrics import SidecarMetrics
 from p2p_sidecar.settings import SidecarSettings
 from p2p_sidecar.tools import ToolCatalog
+from p2p_sidecar.zap import BRIDGE_ZAP_DOMAIN, ZapHandler
 from p2p_sidecar.zmq_trio import TrioZmqSocket
 from shared_schema import (
     BridgeError,
@@ -39,6 +40,8 @@ from shared_schema import (
     decode,
     encode,
 )
+from shared_schema.curve import CurveKeyError, CurveKeyPair, load_keypair, load_public_keys
+from shared_schema.limits import check_argument_depth
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +96,15 @@ class BridgeServer:
         self._catalog_frame: tuple[str, bytes] | None = None
         self.gateways: dict[bytes, GatewayLink] = {}
         self.handled_calls = 0
+        self._curve: tuple[CurveKeyPair, frozenset[bytes]] | None = None
+        if settings.bridge_curve_secret_key_file is not None:
+            try:
+                self._curve = (
+                    load_keypair(settings.bridge_curve_secret_key_file, "SIDECAR_BRIDGE_CURVE_SECRET_KEY_FILE"),
+                    load_public_keys(settings.bridge_curve_client_keys, "SIDECAR_BRIDGE_CURVE_CLIENT_KEYS"),
+                )
+            except CurveKeyError as exc:
+                raise BridgeStartupError(str(exc)) from None
         metrics.in_flight.set_function(lambda: len(self._running))
         metrics.gateways.set_function(lambda: len(self.gateways))
         catalog.on_change(self._push_catalog)
@@ -100,6 +112,24 @@ class BridgeServer:
     # -- lifecycle ----------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         context = zmq.Context()
+        try:
+            async with trio.open_nursery() as nursery:
+                if self._curve is not None:  # the ZAP handler must answer before the first handshake can arrive
+                    zap = ZapHandler(context, self._curve[1], self._metrics)
+                    await nursery.start(zap.run)
+                sock = self._bind(context)
+                self._tsock = TrioZmqSocket(sock)
+                try:
+                    nursery.start_soon(self._expire_gateways)
+                    task_status.started()
+                    await self._receive_loop(nursery)
+                finally:
+                    self._tsock = None
+                    sock.close(linger=0)
+        finally:
+            context.term()
+
+    def _bind(self, context: zmq.Context) -> zmq.Socket:
         sock = context.socket(zmq.ROUTER)
         hwm = max(1000, 4 * self._settings.bridge_max_in_flight)
         sock.setsockopt(zmq.LINGER, 0)
@@ -107,23 +137,23 @@ class BridgeServer:
         sock.setsockopt(zmq.SNDHWM, hwm)
         sock.setsockopt(zmq.RCVHWM, hwm)
         sock.setsockopt(zmq.MAXMSGSIZE, 4 * self._max_frame)  # hard memory guard; the codec enforces the limit
+        # a peer that opens a connection and never completes the ZMTP greeting is dropped after this long
+        sock.setsockopt(zmq.HANDSHAKE_IVL, int(self._settings.bridge_handshake_timeout * 1000))
+        if self._curve is not None:
+            keys = self._curve[0]
+            sock.setsockopt(zmq.CURVE_SERVER, 1)
+            sock.setsockopt(zmq.CURVE_SECRETKEY, keys.secret)
+            sock.setsockopt(zmq.CURVE_PUBLICKEY, keys.public)
+            sock.setsockopt(zmq.ZAP_DOMAIN, BRIDGE_ZAP_DOMAIN)
+            sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
         try:
             sock.bind(self._settings.bridge_endpoint)
         except zmq.ZMQError as exc:
             sock.close(linger=0)
-            context.term()
             raise BridgeStartupError(f"cannot bind the bridge on {self._settings.bridge_endpoint}: {exc}") from None
-        self._tsock = TrioZmqSocket(sock)
-        log.info("bridge listening on %s", self._settings.bridge_endpoint)
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._expire_gateways)
-                task_status.started()
-                await self._receive_loop(nursery)
-        finally:
-            self._tsock = None
-            sock.close(linger=0)
-            context.term()
+        security = "CURVE" if self._curve is not None else "loopback only, no encryption"
+        log.info("bridge listening on %s (%s)", self._settings.bridge_endpoint, security)
+        return sock
 
     def stop_accepting(self) -> None:
         """New calls are refused from now on ("sidecar shutting down"); running ones continue."""
@@ -202,6 +232,13 @@ class BridgeServer:
             return
         if len(self._running) >= self._settings.bridge_max_in_flight:
             self._reply_error(identity, envelope, ErrorCode.BUSY, "P2P sidecar busy, try again shortly")
+            return
+        try:
+            check_argument_depth(envelope.tool or "", envelope.arguments, self._settings.max_argument_depth)
+        except BridgeError as exc:
+            self._metrics.limit_rejections.labels("max_argument_depth").inc()
+            self._metrics.calls.labels(exc.code.value).inc()
+            self._send(identity, envelope.fail(exc.info))
             return
         key = (identity, envelope.id)
         if key in self._running:

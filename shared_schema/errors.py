@@ -27,6 +27,8 @@ class ErrorCode(StrEnum):
     BAD_FRAME = "bad_frame"
     CANCELLED = "cancelled"
     INTERNAL = "internal"
+    RATE_LIMITED = "rate_limited"
+    """Too many calls in flight from one client; retry shortly (HTTP 429)."""
 
 
 @dataclass(frozen=True, slots=True)
