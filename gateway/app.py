@@ -15,7 +15,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.responses import Response
+from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.routing import Route
 
@@ -27,6 +27,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.oauth import install_oauth
 from gateway.registry import ToolRegistry
 from gateway.rest import build_rest_router
+from gateway.rest_models import BODY_REFUSALS, Health
 from gateway.router import RuntimeRouter
 from gateway.security import BearerAuth, HostOriginGuard
 from gateway.settings import GatewaySettings
@@ -128,21 +129,27 @@ def create_app(settings: GatewaySettings, gateway: Gateway | None = None) -> Fas
     )
     app.state.gateway = gateway
 
-    @app.get("/health", tags=["health"], summary="Liveness: the process answers")
-    async def health() -> dict[str, Any]:
-        return gateway.health()
+    @app.get("/health", tags=["health"], summary="Liveness: the process answers", responses={200: {"model": Health}})
+    async def health() -> Response:
+        return Response(json.dumps(gateway.health()), media_type="application/json")
 
     @app.get(
         "/health/ready",
         tags=["health"],
-        summary="Readiness: the bridge has a live sidecar (or none is configured)",
-        responses={503: {"description": "not ready"}},
+        summary="Readiness: the bridge has a live sidecar (or none is configured), and no SIGTERM yet",
+        responses={200: {"model": Health}, 503: {"model": Health, "description": "not ready"}},
     )
     async def ready() -> Response:
         status = 200 if gateway.ready else 503
         return Response(json.dumps(gateway.health()), status_code=status, media_type="application/json")
 
-    @app.get("/metrics", tags=["health"], summary="Prometheus metrics")
+    @app.get(
+        "/metrics",
+        tags=["health"],
+        summary="Prometheus metrics",
+        response_class=PlainTextResponse,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}, 401: BODY_REFUSALS[401]},
+    )
     async def metrics() -> Response:
         return Response(gateway.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
