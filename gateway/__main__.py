@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from gateway.app import Gateway, create_app
     from gateway.http_limits import guarded_http_protocol
+    from gateway.lifecycle import hold_event_streams
     from gateway.oauth import OAuthConfigError
     from shared_schema.curve import CurveKeyError
 
@@ -123,6 +124,7 @@ def main(argv: list[str] | None = None) -> None:
         h11_max_incomplete_event_size=settings.max_header_bytes,
         log_config=None,
     )
+    hold_event_streams()  # SIGTERM drains calls first; Gateway.drain ends the event streams after
     server = _Server(config, on_exit=gateway.begin_shutdown)
     server.run()
     if not server.started:

@@ -7,6 +7,7 @@ start and is closed after they end.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -14,6 +15,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
+import anyio
 from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -22,6 +24,7 @@ from starlette.routing import Route
 from gateway import __version__
 from gateway.bridge_client import BridgeClient
 from gateway.http_limits import BodyLimit
+from gateway.lifecycle import end_event_streams
 from gateway.mcp_server import GatewayMCP
 from gateway.metrics import GatewayMetrics
 from gateway.oauth import install_oauth
@@ -66,6 +69,7 @@ class Gateway:
         register_meta_tools(self.registry, self.router)
         self.mcp = GatewayMCP(self.registry, self.router, max_body_bytes=settings.max_body_bytes)
         self.stopping = False
+        self._background: set[asyncio.Task[None]] = set()
         self.registry.on_change(self._count_tools)
         self._count_tools()
 
@@ -87,10 +91,31 @@ class Gateway:
         return not self.stopping and (self.bridge is None or self.bridge.available)
 
     def begin_shutdown(self) -> None:
-        """SIGTERM arrived: report unready at once so load balancers stop sending; calls in flight finish."""
-        if not self.stopping:
-            self.stopping = True
-            log.info("shutting down: no longer ready; draining calls in flight")
+        """SIGTERM arrived (called from the signal handler): report unready, and drain on the loop.
+
+        Uvicorn stops accepting connections and waits for open ones to finish;
+        readiness drops at once so load balancers stop sending.  Responses that
+        stream over SSE (every MCP call's answer, and the long-lived standalone
+        and listen streams) are ended only after ``drain`` has seen the calls
+        in flight finish, so no accepted call loses its answer.
+        """
+        if self.stopping:
+            return
+        self.stopping = True
+        log.info("shutting down: no longer ready; draining %d calls in flight", self.router.in_flight)
+        loop = asyncio.get_running_loop()
+        loop.call_soon_threadsafe(lambda: self._background.add(loop.create_task(self.drain(), name="drain")))
+
+    async def drain(self) -> None:
+        """Wait for calls in flight (up to the grace period), then end the SSE streams uvicorn waits on."""
+        grace = self.settings.graceful_shutdown_seconds
+        with anyio.move_on_after(grace) as scope:
+            await self.router.wait_idle()
+        if scope.cancelled_caught:
+            log.warning("grace period of %.1fs over with %d calls in flight", grace, self.router.in_flight)
+        else:
+            log.info("calls drained; closing event streams")
+        end_event_streams()
 
     def health(self) -> dict[str, Any]:
         bridge: dict[str, Any] = {"enabled": self.bridge is not None}

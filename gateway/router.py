@@ -8,6 +8,7 @@ MCP faces turn those into their own error shapes (``gateway/errors.py``).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -39,6 +40,9 @@ class RuntimeRouter:
         self._timeout_cap = timeout_cap
         self._max_depth = max_argument_depth
         self.clients = ClientCallLimiter(max_calls_per_client)
+        self.in_flight = 0
+        """Calls accepted and not yet answered, on every face: what a graceful shutdown waits for."""
+        self._drained: asyncio.Event | None = None
 
     async def call(
         self, name: str, arguments: dict[str, Any] | None, *, trace_id: str | None = None, client: str | None = None
@@ -60,7 +64,13 @@ class RuntimeRouter:
                 raise BridgeError(ErrorCode.INVALID_ARGUMENTS, "arguments must be an object")
             check_argument_depth(name, arguments, self._max_depth)
             with self.clients.slot(client):
-                return await self._dispatch(route, runtime, name, arguments or {}, trace_id)
+                self.in_flight += 1
+                try:
+                    return await self._dispatch(route, runtime, name, arguments or {}, trace_id)
+                finally:
+                    self.in_flight -= 1
+                    if not self.in_flight and self._drained is not None:
+                        self._drained.set()
         except BridgeError as exc:
             if exc.code in (ErrorCode.INVALID_ARGUMENTS, ErrorCode.RATE_LIMITED) and exc.data and "limit" in exc.data:
                 self._metrics.limit_rejections.labels(exc.data["limit"]).inc()
@@ -84,6 +94,12 @@ class RuntimeRouter:
         finally:
             self._metrics.tool_calls.labels(runtime, outcome).inc()
             self._metrics.tool_latency.labels(runtime).observe(time.perf_counter() - started)
+
+    async def wait_idle(self) -> None:
+        """Return once no call is in flight (used on SIGTERM)."""
+        if self.in_flight:
+            self._drained = asyncio.Event()
+            await self._drained.wait()
 
     async def serve_inbound(self, envelope: Envelope) -> Envelope:
         """A call that came over the bridge from a remote peer: only this gateway's local tools answer."""
