@@ -46,6 +46,10 @@ from shared_schema.limits import check_argument_depth
 log = logging.getLogger(__name__)
 
 
+DELIVERY_CONFIRM_SECONDS = 1.0
+"""How long a drain waits for gateways to confirm they read the last replies (see ``wait_idle``)."""
+
+
 class BridgeStartupError(RuntimeError):
     """The bridge could not bind; the message says which endpoint and why."""
 
@@ -88,6 +92,7 @@ class BridgeServer:
         self._tsock: TrioZmqSocket | None = None
         self._running: dict[tuple[bytes, str], trio.CancelScope] = {}
         self._outbound: dict[str, _OutboundCall] = {}
+        self._barriers: dict[str, trio.Event] = {}
         self._ids = itertools.count(1)
         self._id_prefix = "s" + os.urandom(4).hex() + "-"
         self._accepting = True
@@ -160,8 +165,30 @@ class BridgeServer:
         self._accepting = False
 
     async def wait_idle(self) -> None:
-        """Return when no gateway call is running."""
+        """Return when no gateway call is running and each gateway has read the replies sent to it.
+
+        The last replies of a drain are sent just before the socket closes, and
+        a gateway's ZeroMQ socket discards what it has received but not yet
+        read when the connection drops.  So a PING goes to every gateway and
+        the drain waits (up to ``DELIVERY_CONFIRM_SECONDS``) for the PONGs:
+        frames on a connection are read in order, so a PONG means every reply
+        sent before its PING was read.
+        """
         await self._idle.wait()
+        await self._confirm_delivery(DELIVERY_CONFIRM_SECONDS)
+
+    async def _confirm_delivery(self, timeout: float) -> None:
+        waiting: dict[str, trio.Event] = {}
+        for identity in list(self.gateways):
+            ping_id = f"{self._id_prefix}barrier-{next(self._ids):x}"
+            waiting[ping_id] = self._barriers[ping_id] = trio.Event()
+            if not self._send(identity, Envelope(Kind.PING, id=ping_id)):
+                del waiting[ping_id], self._barriers[ping_id]
+        with trio.move_on_after(timeout):
+            for done in waiting.values():
+                await done.wait()
+        for ping_id in waiting:
+            self._barriers.pop(ping_id, None)
 
     @property
     def in_flight(self) -> int:
@@ -214,7 +241,9 @@ class BridgeServer:
             if scope is not None:
                 scope.cancel()
         elif kind is Kind.PONG:
-            pass
+            barrier = self._barriers.pop(envelope.id, None)
+            if barrier is not None:
+                barrier.set()
         else:
             self._drop("unexpected_kind", f"the sidecar does not accept {kind.value!r} frames")
 

@@ -34,7 +34,8 @@ def test_sigterm_drains_in_flight_calls_then_exits_0(tmp_path: Path) -> None:
                 pool.submit(http_json, "POST", url + "/tools/execute/p2p_echo", {"message": str(i), "delay_ms": 1000})
                 for i in range(3)
             ]
-            time.sleep(0.4)
+            admin = f"http://127.0.0.1:{sidecar.extra['admin_port']}/metrics"
+            wait_for(lambda: _in_flight(admin, "sidecar_bridge_in_flight") >= 3, 10, what="3 calls in the sidecar")
             sidecar.signal(signal.SIGTERM)
             time.sleep(0.2)
             refused = http_json("POST", url + "/tools/execute/p2p_echo", {"message": "late"})
