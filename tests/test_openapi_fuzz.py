@@ -32,7 +32,7 @@ def fuzz_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Proc,
         yield gateway, sidecar
 
 
-def test_schemathesis_finds_no_faults(fuzz_stack: tuple[Proc, Proc]) -> None:
+def test_schemathesis_finds_no_faults(fuzz_stack: tuple[Proc, Proc], tmp_path: Path) -> None:
     gateway, sidecar = fuzz_stack
     command = [
         sys.executable, "-m", "schemathesis.cli", "--no-color",
@@ -43,7 +43,8 @@ def test_schemathesis_finds_no_faults(fuzz_stack: tuple[Proc, Proc]) -> None:
         "--workers", "1",  # the coverage phase is not thread-safe in this version (a hypothesis cache race)
         "--request-timeout", "10",
     ]  # fmt: skip
-    done = subprocess.run(command, cwd=ROOT, env=base_env(), capture_output=True, text=True, timeout=240)
+    # run from a scratch directory: schemathesis keeps a cache (.schemathesis/) in its working directory
+    done = subprocess.run(command, cwd=tmp_path, env=base_env(), capture_output=True, text=True, timeout=240)
     report = done.stdout[-6000:] + done.stderr[-2000:]
     assert done.returncode == 0, report
     assert " passed" in done.stdout and "Runtime Error" not in done.stdout, report
