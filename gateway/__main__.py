@@ -106,6 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     protocol = guarded_http_protocol(
         AutoHTTPProtocol,
         header_timeout=settings.header_timeout,
+        body_timeout=settings.body_timeout,
         max_header_bytes=settings.max_header_bytes,
         max_connections_per_client=settings.max_connections_per_client,
         on_reject=gateway.count_rejection,

@@ -184,7 +184,7 @@ def create_app(settings: GatewaySettings, gateway: Gateway | None = None) -> Fas
     # Middleware runs outermost-last-added: authentication, then Host/Origin, then the body bound,
     # so an unauthenticated or rebinding request is refused before its body is read.
     reject = gateway.count_rejection
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, timeout=settings.body_timeout, on_reject=reject)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, on_reject=reject)
     app.add_middleware(HostOriginGuard, path=MCP_PATH, hosts=settings.allowed_hosts, origins=settings.allowed_origins)
     if settings.auth_token is not None:
         app.add_middleware(BearerAuth, token=settings.auth_token.get_secret_value())

@@ -13,9 +13,6 @@ releases it when the call ends.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 from shared_schema import BridgeError, ErrorCode
 
 
@@ -27,15 +24,14 @@ class ClientCallLimiter:
     def in_flight(self, client: str) -> int:
         return self._in_flight.get(client, 0)
 
-    @contextmanager
-    def slot(self, client: str | None) -> Iterator[None]:
-        """Hold one of ``client``'s slots for the duration; raises ``rate_limited`` when none is free.
+    def acquire(self, client: str | None) -> None:
+        """Take one of ``client``'s slots, or raise ``rate_limited`` when none is free.
 
         Calls with no client (the meta-tool dispatching to another tool, inbound
         calls from the sidecar) are not counted: their outer call already is.
+        Every successful ``acquire`` is paired with one ``release``.
         """
         if client is None:
-            yield
             return
         count = self._in_flight.get(client, 0)
         if count >= self.max_per_client:
@@ -45,11 +41,12 @@ class ClientCallLimiter:
                 {"limit": "max_calls_per_client", "retry_after": 1},
             )
         self._in_flight[client] = count + 1
-        try:
-            yield
-        finally:
-            remaining = self._in_flight[client] - 1
-            if remaining:
-                self._in_flight[client] = remaining
-            else:
-                del self._in_flight[client]
+
+    def release(self, client: str | None) -> None:
+        if client is None:
+            return
+        remaining = self._in_flight[client] - 1
+        if remaining:
+            self._in_flight[client] = remaining
+        else:
+            del self._in_flight[client]

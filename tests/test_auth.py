@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx2
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared._httpx_utils import create_mcp_http_client
 
 from gateway.oauth import JwtVerifier
 from gateway.settings import GatewaySettings
@@ -40,7 +40,7 @@ def _raw(url: str, method: str = "GET", body: Any = None, headers: dict[str, str
 
 async def _mcp_round_trip(url: str, headers: dict[str, str], mode: str) -> tuple[list[str], Any]:
     async with (
-        create_mcp_http_client(headers=headers) as http,
+        httpx2.AsyncClient(headers=headers, timeout=30) as http,
         Client(streamable_http_client(url, http_client=http), mode=mode) as client,
     ):
         names = [tool.name for tool in (await client.list_tools()).tools]
@@ -120,7 +120,7 @@ def test_official_client_without_the_token_is_refused(token_gateway: Proc, heade
         seen.append((response.status_code, response.headers.get("www-authenticate")))
 
     async def attempt() -> None:
-        async with create_mcp_http_client(headers=headers) as http:
+        async with httpx2.AsyncClient(headers=headers, timeout=30) as http:
             http.event_hooks["response"].append(record)
             async with Client(streamable_http_client(token_gateway.extra["url"] + "/mcp", http_client=http)) as client:
                 await client.list_tools()

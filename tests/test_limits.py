@@ -54,12 +54,16 @@ def test_nesting_check_is_iterative_and_stops_early() -> None:
 
 def test_client_limiter_counts_per_client_and_releases() -> None:
     limiter = ClientCallLimiter(2)
-    with limiter.slot("a"), limiter.slot("a"):
-        with pytest.raises(BridgeError) as caught, limiter.slot("a"):
-            pass
-        assert caught.value.code is ErrorCode.RATE_LIMITED
-        with limiter.slot("b"), limiter.slot(None):
-            assert limiter.in_flight("b") == 1
+    limiter.acquire("a")
+    limiter.acquire("a")
+    with pytest.raises(BridgeError) as caught:
+        limiter.acquire("a")
+    assert caught.value.code is ErrorCode.RATE_LIMITED
+    limiter.acquire("b")
+    limiter.acquire(None)  # not counted
+    assert limiter.in_flight("a") == 2 and limiter.in_flight("b") == 1
+    for client in ("a", "a", "b", None):
+        limiter.release(client)
     assert limiter.in_flight("a") == 0 and limiter.in_flight("b") == 0
 
 
