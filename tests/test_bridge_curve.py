@@ -169,3 +169,22 @@ def test_plain_zeromq_peer_gets_nothing(curve_sidecar: Proc) -> None:
         dealer.close()
         context.term()
     assert curve_sidecar.alive()
+
+
+def test_bridge_port_in_use_is_one_line(tmp_path: Path) -> None:
+    """A bind failure inside the sidecar's nurseries still ends in one line, exit 1 (not an exception group)."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        line = _one_line_exit(
+            "p2p_sidecar",
+            {
+                "SIDECAR_BRIDGE_ENDPOINT": f"tcp://127.0.0.1:{port}",
+                "SIDECAR_DATA_DIR": str(tmp_path),
+                "SIDECAR_ADMIN_PORT": "0",
+                "SIDECAR_LOG_LEVEL": "critical",
+            },
+            1,
+        )
+    assert line.startswith("sidecar cannot start: cannot bind the bridge") and str(port) in line
