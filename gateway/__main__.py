@@ -9,7 +9,8 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -26,7 +27,16 @@ class _Server(uvicorn.Server):
     Uvicorn re-raises the captured signal after its graceful shutdown, so the
     process would die "by SIGTERM"; supervisors and systemd read that as a
     failure.  Here the same handlers run, and the signal is not re-raised.
+    ``on_exit`` runs first, so readiness drops the moment the signal arrives.
     """
+
+    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._on_exit = on_exit
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._on_exit()
+        super().handle_exit(sig, frame)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -89,20 +99,45 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s gateway %(name)s: %(message)s"
     )
-    from gateway.app import create_app  # after logging is set up: importing the app is the slow part
+    # after logging is set up: importing the app is the slow part
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
-    app = create_app(settings)
+    from gateway.app import Gateway, create_app
+    from gateway.http_limits import guarded_http_protocol
+    from gateway.lifecycle import hold_event_streams
+    from gateway.oauth import OAuthConfigError
+    from shared_schema.curve import CurveKeyError
+
+    try:
+        gateway = Gateway(settings)
+        app = create_app(settings, gateway)
+    except (OAuthConfigError, CurveKeyError) as exc:
+        print(f"gateway cannot start: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    protocol = guarded_http_protocol(
+        AutoHTTPProtocol,
+        header_timeout=settings.header_timeout,
+        body_timeout=settings.body_timeout,
+        max_header_bytes=settings.max_header_bytes,
+        max_connections_per_client=settings.max_connections_per_client,
+        on_reject=gateway.count_rejection,
+    )
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
+        http=protocol,
         log_level=settings.log_level,
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=settings.graceful_shutdown_seconds,
+        timeout_keep_alive=settings.keep_alive_timeout,  # type: ignore[arg-type]  # a float works: call_later
+        limit_concurrency=settings.max_connections,
+        h11_max_incomplete_event_size=settings.max_header_bytes,
         log_config=None,
     )
-    server = _Server(config)
+    hold_event_streams()  # SIGTERM drains calls first; Gateway.drain ends the event streams after
+    server = _Server(config, on_exit=gateway.begin_shutdown)
     server.run()
     if not server.started:
         raise SystemExit(1)

@@ -7,6 +7,7 @@ start and is closed after they end.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -14,18 +15,23 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
+import anyio
 from fastapi import FastAPI
-from fastapi.responses import Response
+from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.routing import Route
 
 from gateway import __version__
 from gateway.bridge_client import BridgeClient
 from gateway.collection import build_collection
+from gateway.http_limits import BodyLimit
+from gateway.lifecycle import end_event_streams
 from gateway.mcp_server import GatewayMCP
 from gateway.metrics import GatewayMetrics
+from gateway.oauth import install_oauth
 from gateway.registry import ToolRegistry
 from gateway.rest import build_rest_router
+from gateway.rest_models import BODY_REFUSALS, Health
 from gateway.router import RuntimeRouter
 from gateway.security import BearerAuth, HostOriginGuard
 from gateway.settings import GatewaySettings
@@ -52,15 +58,27 @@ class Gateway:
                 on_inbound_call=lambda envelope: self.router.serve_inbound(envelope),
                 hello_body=self._hello_body,
             )
-        self.router = RuntimeRouter(self.registry, self.bridge, self.metrics, timeout_cap=settings.call_timeout_cap)
+        self.router = RuntimeRouter(
+            self.registry,
+            self.bridge,
+            self.metrics,
+            timeout_cap=settings.call_timeout_cap,
+            max_argument_depth=settings.max_argument_depth,
+            max_calls_per_client=settings.max_calls_per_client,
+        )
         register_builtin_tools(self.registry)
         register_meta_tools(self.registry, self.router)
         collection = build_collection(settings)
         if collection is not None:
             self.registry.mount(collection)
-        self.mcp = GatewayMCP(self.registry, self.router, max_body_bytes=4 * 1024 * 1024)
+        self.mcp = GatewayMCP(self.registry, self.router, max_body_bytes=settings.max_body_bytes)
+        self.stopping = False
+        self._background: set[asyncio.Task[None]] = set()
         self.registry.on_change(self._count_tools)
         self._count_tools()
+
+    def count_rejection(self, limit: str) -> None:
+        self.metrics.limit_rejections.labels(limit).inc()
 
     def _hello_body(self) -> dict[str, Any]:
         local = sorted(spec.name for spec in self.registry.specs() if self.registry.local_tool(spec.name))
@@ -74,7 +92,34 @@ class Gateway:
 
     @property
     def ready(self) -> bool:
-        return self.bridge is None or self.bridge.available
+        return not self.stopping and (self.bridge is None or self.bridge.available)
+
+    def begin_shutdown(self) -> None:
+        """SIGTERM arrived (called from the signal handler): report unready, and drain on the loop.
+
+        Uvicorn stops accepting connections and waits for open ones to finish;
+        readiness drops at once so load balancers stop sending.  Responses that
+        stream over SSE (every MCP call's answer, and the long-lived standalone
+        and listen streams) are ended only after ``drain`` has seen the calls
+        in flight finish, so no accepted call loses its answer.
+        """
+        if self.stopping:
+            return
+        self.stopping = True
+        log.info("shutting down: no longer ready; draining %d calls in flight", self.router.in_flight)
+        loop = asyncio.get_running_loop()
+        loop.call_soon_threadsafe(lambda: self._background.add(loop.create_task(self.drain(), name="drain")))
+
+    async def drain(self) -> None:
+        """Wait for calls in flight (up to the grace period), then end the SSE streams uvicorn waits on."""
+        grace = self.settings.graceful_shutdown_seconds
+        with anyio.move_on_after(grace) as scope:
+            await self.router.wait_idle()
+        if scope.cancelled_caught:
+            log.warning("grace period of %.1fs over with %d calls in flight", grace, self.router.in_flight)
+        else:
+            log.info("calls drained; closing event streams")
+        end_event_streams()
 
     def health(self) -> dict[str, Any]:
         bridge: dict[str, Any] = {"enabled": self.bridge is not None}
@@ -86,7 +131,7 @@ class Gateway:
                 sidecar=self.bridge.sidecar_info,
             )
         return {
-            "status": "ok",
+            "status": "stopping" if self.stopping else "ok",
             "version": __version__,
             "ready": self.ready,
             "tools": len(self.registry),
@@ -114,28 +159,40 @@ def create_app(settings: GatewaySettings, gateway: Gateway | None = None) -> Fas
     )
     app.state.gateway = gateway
 
-    @app.get("/health", tags=["health"], summary="Liveness: the process answers")
-    async def health() -> dict[str, Any]:
-        return gateway.health()
+    @app.get("/health", tags=["health"], summary="Liveness: the process answers", responses={200: {"model": Health}})
+    async def health() -> Response:
+        return Response(json.dumps(gateway.health()), media_type="application/json")
 
     @app.get(
         "/health/ready",
         tags=["health"],
-        summary="Readiness: the bridge has a live sidecar (or none is configured)",
-        responses={503: {"description": "not ready"}},
+        summary="Readiness: the bridge has a live sidecar (or none is configured), and no SIGTERM yet",
+        responses={200: {"model": Health}, 503: {"model": Health, "description": "not ready"}},
     )
     async def ready() -> Response:
         status = 200 if gateway.ready else 503
         return Response(json.dumps(gateway.health()), status_code=status, media_type="application/json")
 
-    @app.get("/metrics", tags=["health"], summary="Prometheus metrics")
+    @app.get(
+        "/metrics",
+        tags=["health"],
+        summary="Prometheus metrics",
+        response_class=PlainTextResponse,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}, 401: BODY_REFUSALS[401]},
+    )
     async def metrics() -> Response:
         return Response(gateway.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(build_rest_router(gateway.registry, gateway.router))
     app.router.routes.append(Route(MCP_PATH, endpoint=gateway.mcp.asgi_app, methods=["GET", "POST", "DELETE"]))
 
+    # Middleware runs outermost-last-added: authentication, then Host/Origin, then the body bound,
+    # so an unauthenticated or rebinding request is refused before its body is read.
+    reject = gateway.count_rejection
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, on_reject=reject)
     app.add_middleware(HostOriginGuard, path=MCP_PATH, hosts=settings.allowed_hosts, origins=settings.allowed_origins)
     if settings.auth_token is not None:
         app.add_middleware(BearerAuth, token=settings.auth_token.get_secret_value())
+    if settings.oauth_enabled:
+        install_oauth(app, settings)
     return app

@@ -36,11 +36,17 @@ from gateway.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings
 from gateway.zmq_asyncio import AsyncioZmqSocket
 from shared_schema import BridgeError, DecodeError, Envelope, ErrorCode, ErrorInfo, Kind, ToolSpec, decode, encode
+from shared_schema.curve import CurveKeyPair, load_keypair, load_public_key
 
 log = logging.getLogger(__name__)
 
 InboundHandler = Callable[[Envelope], Awaitable[Envelope]]
 CatalogHandler = Callable[[list[ToolSpec]], None]
+
+
+_HANDSHAKE_FAILED = (
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+)
 
 
 class _Expired(Exception):
@@ -87,6 +93,13 @@ class BridgeClient:
         self.sidecar_info: dict[str, Any] = {}
         self.state_changed = asyncio.Event()
         metrics.bridge_in_flight.set_function(lambda: len(self._pending))
+        self._handshake_failure: str | None = None
+        self._curve: tuple[CurveKeyPair, bytes] | None = None
+        if settings.bridge_curve_secret_key_file is not None and settings.bridge_curve_server_key_file is not None:
+            self._curve = (  # raises CurveKeyError (one line naming the setting) at start-up
+                load_keypair(settings.bridge_curve_secret_key_file, "GATEWAY_BRIDGE_CURVE_SECRET_KEY_FILE"),
+                load_public_key(settings.bridge_curve_server_key_file, "GATEWAY_BRIDGE_CURVE_SERVER_KEY_FILE"),
+            )
 
     # -- lifecycle ----------------------------------------------------------
     @asynccontextmanager
@@ -102,9 +115,13 @@ class BridgeClient:
         raw.setsockopt(zmq.SNDHWM, hwm)
         raw.setsockopt(zmq.RCVHWM, hwm)
         raw.setsockopt(zmq.MAXMSGSIZE, 4 * self._max_frame)  # hard memory guard; the codec enforces the limit
-        monitor = AsyncioZmqSocket(
-            raw.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED), self._on_monitor, loop
-        )
+        if self._curve is not None:
+            keys, server_key = self._curve
+            raw.setsockopt(zmq.CURVE_SECRETKEY, keys.secret)
+            raw.setsockopt(zmq.CURVE_PUBLICKEY, keys.public)
+            raw.setsockopt(zmq.CURVE_SERVERKEY, server_key)
+        events = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | _HANDSHAKE_FAILED
+        monitor = AsyncioZmqSocket(raw.get_monitor_socket(events), self._on_monitor, loop)
         sock = self._sock = AsyncioZmqSocket(raw, self._on_frames, loop)
         raw.connect(self._settings.bridge_endpoint)
         heartbeat = asyncio.create_task(self._heartbeat_loop(), name="bridge-heartbeat")
@@ -229,12 +246,25 @@ class BridgeClient:
     def _on_monitor(self, frames: list[bytes]) -> None:
         event = parse_monitor_message(frames)
         if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            self._handshake_failure = None
             self._metrics.bridge_connects.inc()
             self._last_inbound = time.monotonic()
             self._set_state(SidecarState.CONNECTING, "connected, waiting for the catalog")
             self._send_hello()
         elif event["event"] == zmq.EVENT_DISCONNECTED:
-            self._set_state(SidecarState.DOWN, "connection to the sidecar was lost")
+            # a failed handshake is followed by a disconnect: keep saying why it failed
+            self._set_state(SidecarState.DOWN, self._handshake_failure or "connection to the sidecar was lost")
+        elif event["event"] & _HANDSHAKE_FAILED:
+            reason = (
+                "the sidecar refused this gateway's CURVE key, or the sidecar's key is not the one configured"
+                if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                else "bridge handshake failed (CURVE keys on one side only, or not a sidecar)"
+            )
+            self._metrics.bridge_handshake_failures.inc()
+            if reason != self._handshake_failure:
+                log.warning("%s", reason)
+            self._handshake_failure = reason
+            self._set_state(SidecarState.DOWN, reason)
 
     def _send_hello(self) -> None:
         self._send(encode(Envelope(Kind.HELLO, body=self._hello_body())))

@@ -4,6 +4,7 @@
     unknown_tool       404           -32602 on /mcp (the MCP spec), -32601 on the seed's REST face
     invalid_arguments  422           -32602
     tool_unavailable   503           a tool result with isError: true (no Retry-After: retrying will not help)
+    rate_limited       429           -32000 (the call was not accepted: too many in flight from this client)
     everything else    see below     a tool result with isError: true
 
 A tool that ran and failed, timed out, or could not reach the sidecar is an
@@ -38,19 +39,22 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.TOOL_UNAVAILABLE: 503,  # not retryable: no Retry-After until the module or sidecar is fixed
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.CONFLICT: 409,
+    ErrorCode.RATE_LIMITED: 429,
 }
 
-RETRYABLE: frozenset[ErrorCode] = frozenset({ErrorCode.BUSY, ErrorCode.UNAVAILABLE})
+RETRYABLE: frozenset[ErrorCode] = frozenset({ErrorCode.BUSY, ErrorCode.UNAVAILABLE, ErrorCode.RATE_LIMITED})
 """Codes a client may retry after a short wait; the REST face adds ``Retry-After``."""
 
 MCP_PROTOCOL_ERRORS: dict[ErrorCode, int] = {
     ErrorCode.UNKNOWN_TOOL: JSONRPC_INVALID_PARAMS,
     ErrorCode.INVALID_ARGUMENTS: JSONRPC_INVALID_PARAMS,
+    ErrorCode.RATE_LIMITED: JSONRPC_SERVER_ERROR,
 }
 """On /mcp these become JSON-RPC errors; every other code is an ``isError`` tool result."""
 
 REST_JSONRPC_ERRORS: dict[ErrorCode, int] = {
     ErrorCode.UNKNOWN_TOOL: JSONRPC_METHOD_NOT_FOUND,
     ErrorCode.INVALID_ARGUMENTS: JSONRPC_INVALID_PARAMS,
+    ErrorCode.RATE_LIMITED: JSONRPC_SERVER_ERROR,
 }
 """The seed's ``/mcp/tools/call`` answered unknown tools with -32601; kept for its users."""

@@ -45,6 +45,12 @@ META_PREFIX = "io.github.mcp-p2p/"
 MAX_NOTIFIED_SESSIONS = 10_000
 
 
+def _client_address(ctx: ServerRequestContext[Any]) -> str | None:
+    """The HTTP caller's address, for the per-client bound on calls in flight."""
+    client = getattr(ctx.request, "client", None)
+    return getattr(client, "host", None)
+
+
 def _session_id(ctx: ServerRequestContext[Any]) -> str | None:
     request = ctx.request
     headers = getattr(request, "headers", None)
@@ -172,7 +178,7 @@ class GatewayMCP:
         self, ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
     ) -> types.CallToolResult:
         try:
-            result = await self._router.call(params.name, params.arguments)
+            result = await self._router.call(params.name, params.arguments, client=_client_address(ctx))
         except BridgeError as exc:
             return error_to_mcp(exc)
         return result_to_mcp(result)

@@ -44,6 +44,11 @@ class GatewayMetrics:
             "Times the bridge connection to the sidecar came up.",
             registry=self.registry,
         )
+        self.bridge_handshake_failures = Counter(
+            "gateway_bridge_handshake_failures_total",
+            "Bridge handshakes that failed (CURVE keys refused or mismatched).",
+            registry=self.registry,
+        )
         self.inbound_calls = Counter(
             "gateway_inbound_calls_total",
             "Calls the sidecar made into this gateway's local tools, by outcome.",
@@ -52,6 +57,13 @@ class GatewayMetrics:
         )
         self.catalog_tools = Gauge(
             "gateway_catalog_tools", "Tools known to the gateway, by runtime.", ["runtime"], registry=self.registry
+        )
+
+        self.limit_rejections = Counter(
+            "gateway_limit_rejections_total",
+            "Requests, connections and calls refused because they passed a configured limit, by limit.",
+            ["limit"],
+            registry=self.registry,
         )
 
     def render(self) -> bytes:

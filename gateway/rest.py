@@ -24,24 +24,111 @@ from gateway.errors import (
     RETRYABLE,
 )
 from gateway.registry import ToolRegistry
+from gateway.rest_models import (
+    BODY_REFUSALS,
+    JSONRPC_FAILURES,
+    TOOL_FAILURES,
+    McpCallAnswer,
+    McpToolsListResponse,
+    ToolList,
+    ToolSuccess,
+)
 from gateway.router import RuntimeRouter
 from shared_schema import BridgeError, ErrorCode, ToolSpec
 
+_ID_SCHEMA = {"type": ["string", "number", "null"]}
+_ARGUMENTS_SCHEMA = {"type": ["object", "null"]}
+_ENVELOPE_PROPERTIES: dict[str, Any] = {
+    "jsonrpc": {"type": "string", "enum": ["2.0"]},
+    "id": _ID_SCHEMA,
+    "method": {"type": "string"},
+}
+_LIST_BODY_SCHEMA = {"type": "object", "properties": _ENVELOPE_PROPERTIES}
 _CALL_BODY_SCHEMA = {
     "type": "object",
     "properties": {
-        "name": {"type": "string"},
-        "arguments": {"type": "object"},
-        "jsonrpc": {"type": "string"},
-        "id": {"type": ["string", "integer", "null"]},
-        "params": {"type": "object", "properties": {"name": {"type": "string"}, "arguments": {"type": "object"}}},
+        **_ENVELOPE_PROPERTIES,
+        "name": {"type": "string", "minLength": 1},
+        "arguments": _ARGUMENTS_SCHEMA,
+        "params": {
+            "type": "object",
+            "properties": {"name": {"type": "string", "minLength": 1}, "arguments": _ARGUMENTS_SCHEMA},
+            "required": ["name"],
+        },
     },
+    "anyOf": [{"required": ["name"]}, {"required": ["params"]}],
 }
+"""What ``/mcp/tools/call`` accepts: the seed's ``{name, arguments}`` or a JSON-RPC ``tools/call`` request.
+
+``_check_call`` enforces exactly this, so the document and the handler cannot disagree."""
+
+
+class _BadRequest(ValueError):
+    """A body that does not match the documented request schema; carries the JSON-RPC code."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # Python's json accepts NaN/Infinity; JSON does not
+
+
+def _parse(raw: bytes) -> Any:
+    """JSON, strictly: raises ValueError (incl. nesting past the recursion limit) for anything else."""
+    try:
+        return json.loads(raw, parse_constant=_no_constants)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+def _check_envelope(payload: Any) -> dict[str, Any]:
+    if not isinstance(payload, dict):
+        raise _BadRequest(JSONRPC_INVALID_REQUEST, "Invalid Request: body must be a JSON object")
+    if "jsonrpc" in payload and payload["jsonrpc"] != "2.0":
+        raise _BadRequest(JSONRPC_INVALID_REQUEST, "Invalid Request: 'jsonrpc' must be \"2.0\"")
+    request_id = payload.get("id")
+    if request_id is not None and (isinstance(request_id, bool) or not isinstance(request_id, str | int | float)):
+        raise _BadRequest(JSONRPC_INVALID_REQUEST, "Invalid Request: 'id' must be a string, a number or null")
+    if "method" in payload and not isinstance(payload["method"], str):
+        raise _BadRequest(JSONRPC_INVALID_REQUEST, "Invalid Request: 'method' must be a string")
+    return payload
+
+
+def _check_target(holder: dict[str, Any], required: bool) -> tuple[str | None, dict[str, Any]]:
+    name, arguments = holder.get("name"), holder.get("arguments")
+    if (required or "name" in holder) and (not isinstance(name, str) or not name):
+        raise _BadRequest(JSONRPC_INVALID_REQUEST, "Invalid Request: 'name' must be a non-empty string")
+    if arguments is not None and not isinstance(arguments, dict):
+        raise _BadRequest(
+            REST_JSONRPC_ERRORS[ErrorCode.INVALID_ARGUMENTS], "Invalid params: 'arguments' must be an object"
+        )
+    return name, arguments or {}
+
+
+def _check_call(payload: Any) -> tuple[str, dict[str, Any]]:
+    """The tool name and arguments of a call body, or ``_BadRequest``."""
+    payload = _check_envelope(payload)
+    if "params" in payload:
+        params = payload["params"]
+        if not isinstance(params, dict):
+            raise _BadRequest(JSONRPC_INVALID_REQUEST, "Invalid Request: 'params' must be an object")
+        _check_target(payload, required=False)  # top-level fields, if any, must still be well-formed
+        name, arguments = _check_target(params, required=True)
+    else:
+        name, arguments = _check_target(payload, required=True)
+    assert name is not None
+    return name, arguments
 
 
 def _json(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     body = json.dumps(content, separators=(",", ":"), ensure_ascii=False, default=str).encode()
     return Response(body, status_code=status, media_type="application/json", headers=headers)
+
+
+def _client(request: Request) -> str | None:
+    return request.client.host if request.client is not None else None
 
 
 def _rest_tool(spec: ToolSpec) -> dict[str, Any]:
@@ -58,17 +145,24 @@ def _rest_tool(spec: ToolSpec) -> dict[str, Any]:
     return entry
 
 
-def _jsonrpc_error(request_id: Any, code: int, message: str, data: Any = None, status: int = 200) -> Response:
+def _jsonrpc_error(
+    request_id: Any, code: int, message: str, data: Any = None, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
     error: dict[str, Any] = {"code": code, "message": message}
     if data is not None:
         error["data"] = data
-    return _json({"jsonrpc": "2.0", "id": request_id, "error": error}, status)
+    return _json({"jsonrpc": "2.0", "id": request_id, "error": error}, status, headers)
 
 
 def build_rest_router(registry: ToolRegistry, router: RuntimeRouter) -> APIRouter:
     api = APIRouter()
 
-    @api.get("/tools/list", tags=["tools"], summary="List every tool (local and P2P)")
+    @api.get(
+        "/tools/list",
+        tags=["tools"],
+        summary="List every tool (local and P2P)",
+        responses={200: {"model": ToolList}, 401: BODY_REFUSALS[401]},
+    )
     async def tools_list() -> Response:
         await registry.prepare_listing()
         specs = registry.specs()
@@ -80,63 +174,95 @@ def build_rest_router(registry: ToolRegistry, router: RuntimeRouter) -> APIRoute
         "/tools/execute/{tool_name}",
         tags=["tools"],
         summary="Run a tool with a JSON object of parameters",
-        responses={404: {"description": "unknown tool"}, 422: {"description": "invalid arguments"}},
+        responses={200: {"model": ToolSuccess}, **TOOL_FAILURES},
     )
-    async def tools_execute(tool_name: str, parameters: dict[str, Any] = Body(default_factory=dict)) -> Response:
+    async def tools_execute(
+        tool_name: str, request: Request, parameters: dict[str, Any] = Body(default_factory=dict)
+    ) -> Response:
         try:
-            result = await router.call(tool_name, parameters)
+            result = await router.call(tool_name, parameters, client=_client(request))
         except BridgeError as exc:
             headers = {"Retry-After": "1"} if exc.code in RETRYABLE else None
             body = {"tool": tool_name, "status": "error", "error": exc.info.to_wire()}
             return _json(body, HTTP_STATUS.get(exc.code, 500), headers)
         return _json({"tool": tool_name, "status": "success", "result": result})
 
-    async def mcp_tools_list(request: Request) -> Response:
-        request_id = None
-        if request.method == "POST":
-            try:
-                payload = json.loads(await request.body() or b"{}")
-            except json.JSONDecodeError as exc:
-                return _jsonrpc_error(None, JSONRPC_PARSE_ERROR, f"Parse error: {exc.msg}", status=400)
-            request_id = payload.get("id") if isinstance(payload, dict) else None
+    async def tools_listing(request_id: Any) -> Response:
         await registry.prepare_listing()
         tools = [
             {"name": s.name, "description": s.description, "inputSchema": s.input_schema} for s in registry.specs()
         ]
         return _json({"jsonrpc": "2.0", "id": request_id, "result": {"tools": tools}})
 
-    api.add_api_route("/mcp/tools/list", mcp_tools_list, methods=["GET", "POST"], tags=["mcp-rest"])
+    async def mcp_tools_list(request: Request) -> Response:
+        if request.method != "POST":
+            return await tools_listing(None)
+        try:
+            payload = _parse(await request.body() or b"{}")
+        except (ValueError, UnicodeDecodeError) as exc:
+            return _jsonrpc_error(None, JSONRPC_PARSE_ERROR, f"Parse error: {exc}", status=400)
+        try:
+            payload = _check_envelope(payload)
+        except _BadRequest as exc:
+            return _jsonrpc_error(None, exc.code, str(exc), status=400)
+        return await tools_listing(payload.get("id"))
+
+    # One route answers both methods (so a 405 lists both in Allow); the two after it are never reached and
+    # exist so the OpenAPI document has one operation per method, each with its own id and request body.
+    api.add_api_route("/mcp/tools/list", mcp_tools_list, methods=["GET", "POST"], include_in_schema=False)
+    api.add_api_route(
+        "/mcp/tools/list",
+        mcp_tools_list,
+        methods=["GET"],
+        tags=["mcp-rest"],
+        summary="Every tool, as a JSON-RPC tools/list result",
+        operation_id="mcp_tools_list_get",
+        responses={200: {"model": McpToolsListResponse}, 401: BODY_REFUSALS[401]},
+    )
+    api.add_api_route(
+        "/mcp/tools/list",
+        mcp_tools_list,
+        methods=["POST"],
+        tags=["mcp-rest"],
+        summary="Every tool, answering a JSON-RPC tools/list request (its id is echoed)",
+        operation_id="mcp_tools_list_post",
+        openapi_extra={
+            "requestBody": {"required": False, "content": {"application/json": {"schema": _LIST_BODY_SCHEMA}}}
+        },
+        responses={200: {"model": McpToolsListResponse}, **JSONRPC_FAILURES},
+    )
 
     @api.post(
         "/mcp/tools/call",
         tags=["mcp-rest"],
         summary="Call a tool with {name, arguments} (or a JSON-RPC tools/call request)",
-        openapi_extra={"requestBody": {"content": {"application/json": {"schema": _CALL_BODY_SCHEMA}}}},
+        openapi_extra={
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _CALL_BODY_SCHEMA}}}
+        },
+        responses={200: {"model": McpCallAnswer}, **JSONRPC_FAILURES},
     )
     async def mcp_tools_call(request: Request) -> Response:
         try:
-            payload = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            payload = _parse(await request.body())
+        except (ValueError, UnicodeDecodeError) as exc:
             return _jsonrpc_error(None, JSONRPC_PARSE_ERROR, f"Parse error: {exc}", status=400)
-        if not isinstance(payload, dict):
-            return _jsonrpc_error(None, JSONRPC_INVALID_REQUEST, "Invalid Request: body must be a JSON object")
-        request_id = payload.get("id")
-        params = payload.get("params") if isinstance(payload.get("params"), dict) else payload
-        name, arguments = params.get("name"), params.get("arguments", {})
-        if not isinstance(name, str) or not name:
-            return _jsonrpc_error(request_id, JSONRPC_INVALID_REQUEST, "Invalid Request: 'name' must be a string")
-        if arguments is None:
-            arguments = {}
-        if not isinstance(arguments, dict):
-            return _jsonrpc_error(
-                request_id,
-                REST_JSONRPC_ERRORS[ErrorCode.INVALID_ARGUMENTS],
-                "Invalid params: 'arguments' must be an object",
-            )
         try:
-            result = await router.call(name, arguments)
+            name, arguments = _check_call(payload)
+        except _BadRequest as exc:
+            request_id = payload.get("id") if isinstance(payload, dict) else None
+            valid_id = request_id is None or (
+                isinstance(request_id, str | int | float) and not isinstance(request_id, bool)
+            )
+            return _jsonrpc_error(request_id if valid_id else None, exc.code, str(exc), status=400)
+        request_id = payload.get("id")
+        try:
+            result = await router.call(name, arguments, client=_client(request))
         except BridgeError as exc:
             code = REST_JSONRPC_ERRORS.get(exc.code)
+            if exc.code is ErrorCode.RATE_LIMITED:  # not accepted at all: say so in HTTP terms too
+                return _jsonrpc_error(
+                    request_id, code or 0, exc.message, exc.info.to_wire(), status=429, headers={"Retry-After": "1"}
+                )
             if code is not None:
                 return _jsonrpc_error(request_id, code, exc.message, exc.info.to_wire())
             content = [{"type": "text", "text": f"{exc.code.value}: {exc.message}"}]

@@ -8,43 +8,78 @@ MCP faces turn those into their own error shapes (``gateway/errors.py``).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
 
 from gateway.bridge_client import BridgeClient
+from gateway.limits import ClientCallLimiter
 from gateway.metrics import GatewayMetrics
 from gateway.registry import ToolRegistry
 from shared_schema import BridgeError, Envelope, ErrorCode, ErrorInfo
+from shared_schema.limits import DEFAULT_MAX_ARGUMENT_DEPTH, check_argument_depth
 
 log = logging.getLogger(__name__)
 
 
 class RuntimeRouter:
     def __init__(
-        self, registry: ToolRegistry, bridge: BridgeClient | None, metrics: GatewayMetrics, *, timeout_cap: float
+        self,
+        registry: ToolRegistry,
+        bridge: BridgeClient | None,
+        metrics: GatewayMetrics,
+        *,
+        timeout_cap: float,
+        max_argument_depth: int = DEFAULT_MAX_ARGUMENT_DEPTH,
+        max_calls_per_client: int = 1_000_000,
     ) -> None:
         self.registry = registry
         self.bridge = bridge
         self._metrics = metrics
         self._timeout_cap = timeout_cap
+        self._max_depth = max_argument_depth
+        self.clients = ClientCallLimiter(max_calls_per_client)
+        self.in_flight = 0
+        """Calls accepted and not yet answered, on every face: what a graceful shutdown waits for."""
+        self._drained: asyncio.Event | None = None
 
-    async def call(self, name: str, arguments: dict[str, Any] | None, *, trace_id: str | None = None) -> Any:
-        """Run tool ``name``; returns its JSON-able result or raises ``BridgeError``."""
+    async def call(
+        self, name: str, arguments: dict[str, Any] | None, *, trace_id: str | None = None, client: str | None = None
+    ) -> Any:
+        """Run tool ``name``; returns its JSON-able result or raises ``BridgeError``.
+
+        ``client`` is the caller's address, for the per-client bound on calls in
+        flight; the checks that reject a call (unknown tool, arguments that are
+        not an object or nest too deep, the client's bound) all run before it
+        is dispatched anywhere.  One coroutine, no context managers: this is
+        every call's hot path.
+        """
         await self.registry.resolve(name)
         route = self.registry.route(name)
         if route is None:
             self._metrics.tool_calls.labels("none", ErrorCode.UNKNOWN_TOOL.value).inc()
             raise BridgeError(ErrorCode.UNKNOWN_TOOL, f"unknown tool: {name}")
-        if arguments is not None and not isinstance(arguments, dict):
-            raise BridgeError(ErrorCode.INVALID_ARGUMENTS, "arguments must be an object")
-        runtime = "p2p" if route.is_p2p else "local"
+        try:
+            if arguments is None:
+                arguments = {}
+            elif not isinstance(arguments, dict):
+                raise BridgeError(ErrorCode.INVALID_ARGUMENTS, "arguments must be an object")
+            elif arguments:
+                check_argument_depth(name, arguments, self._max_depth)
+            self.clients.acquire(client)
+        except BridgeError as exc:
+            if isinstance(exc.data, dict) and "limit" in exc.data:
+                self._metrics.limit_rejections.labels(exc.data["limit"]).inc()
+            raise
+        self.in_flight += 1
+        runtime = "p2p" if route.local is None else "local"
         timeout = min(route.spec.metadata.timeout_seconds, self._timeout_cap)
         started = time.perf_counter()
         outcome = "ok"
         try:
             if route.local is not None:
-                return await route.local.invoke(arguments or {}, timeout)
+                return await route.local.invoke(arguments, timeout)
             if self.bridge is None:
                 raise BridgeError(ErrorCode.UNAVAILABLE, "P2P sidecar unavailable (the gateway runs without a bridge)")
             if self.bridge.available and not self.registry.announced(name):
@@ -53,13 +88,23 @@ class RuntimeRouter:
                     f"{name} runs on the P2P runtime but the connected sidecar does not serve it "
                     "(load its module there: SIDECAR_TOOL_DIRS)",
                 )
-            return await self.bridge.call(name, arguments or {}, timeout=timeout, trace_id=trace_id)
+            return await self.bridge.call(name, arguments, timeout=timeout, trace_id=trace_id)
         except BridgeError as exc:
             outcome = exc.code.value
             raise
         finally:
             self._metrics.tool_calls.labels(runtime, outcome).inc()
             self._metrics.tool_latency.labels(runtime).observe(time.perf_counter() - started)
+            self.clients.release(client)
+            self.in_flight -= 1
+            if not self.in_flight and self._drained is not None:
+                self._drained.set()
+
+    async def wait_idle(self) -> None:
+        """Return once no call is in flight (used on SIGTERM)."""
+        if self.in_flight:
+            self._drained = asyncio.Event()
+            await self._drained.wait()
 
     async def serve_inbound(self, envelope: Envelope) -> Envelope:
         """A call that came over the bridge from a remote peer: only this gateway's local tools answer."""
@@ -73,6 +118,7 @@ class RuntimeRouter:
             return envelope.fail(ErrorInfo(ErrorCode.TIMEOUT, "deadline passed before the call started"))
         timeout = min(remaining, tool.metadata.timeout_seconds, self._timeout_cap)
         try:
+            check_argument_depth(name, envelope.arguments, self._max_depth)
             result = await tool.invoke(envelope.arguments or {}, timeout)
         except BridgeError as exc:
             log.info("inbound call %s to %s failed: %s", envelope.id, name, exc)

@@ -67,8 +67,14 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         trio.run(run, settings)
-    except (SidecarStartupError, BridgeStartupError) as exc:
-        print(f"sidecar cannot start: {exc}", file=sys.stderr)
+    except (SidecarStartupError, BridgeStartupError, BaseExceptionGroup) as exc:
+        # Trio's nurseries wrap a start-up failure in exception groups; unwrap a lone one to report it in one line.
+        error: BaseException = exc
+        while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+            error = error.exceptions[0]
+        if not isinstance(error, SidecarStartupError | BridgeStartupError):
+            raise
+        print(f"sidecar cannot start: {error}", file=sys.stderr)
         raise SystemExit(1) from None
 
 

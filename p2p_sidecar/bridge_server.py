@@ -28,6 +28,7 @@ import zmq
 from p2p_sidecar.metrics import SidecarMetrics
 from p2p_sidecar.settings import SidecarSettings
 from p2p_sidecar.tools import ToolCatalog
+from p2p_sidecar.zap import BRIDGE_ZAP_DOMAIN, ZapHandler
 from p2p_sidecar.zmq_trio import TrioZmqSocket
 from shared_schema import (
     BridgeError,
@@ -39,11 +40,17 @@ from shared_schema import (
     decode,
     encode,
 )
+from shared_schema.curve import CurveKeyError, CurveKeyPair, load_keypair, load_public_keys
+from shared_schema.limits import check_argument_depth
 
 log = logging.getLogger(__name__)
 
 FLUSH_ON_CLOSE_MS = 500
 """How long closing the bridge waits for queued replies to be sent."""
+
+
+DELIVERY_CONFIRM_SECONDS = 1.0
+"""How long a drain waits for gateways to confirm they read the last replies (see ``wait_idle``)."""
 
 
 class BridgeStartupError(RuntimeError):
@@ -88,6 +95,7 @@ class BridgeServer:
         self._tsock: TrioZmqSocket | None = None
         self._running: dict[tuple[bytes, str], trio.CancelScope] = {}
         self._outbound: dict[str, _OutboundCall] = {}
+        self._barriers: dict[str, trio.Event] = {}
         self._ids = itertools.count(1)
         self._id_prefix = "s" + os.urandom(4).hex() + "-"
         self._accepting = True
@@ -96,6 +104,15 @@ class BridgeServer:
         self._catalog_frame: tuple[str, bytes] | None = None
         self.gateways: dict[bytes, GatewayLink] = {}
         self.handled_calls = 0
+        self._curve: tuple[CurveKeyPair, frozenset[bytes]] | None = None
+        if settings.bridge_curve_secret_key_file is not None:
+            try:
+                self._curve = (
+                    load_keypair(settings.bridge_curve_secret_key_file, "SIDECAR_BRIDGE_CURVE_SECRET_KEY_FILE"),
+                    load_public_keys(settings.bridge_curve_client_keys, "SIDECAR_BRIDGE_CURVE_CLIENT_KEYS"),
+                )
+            except CurveKeyError as exc:
+                raise BridgeStartupError(str(exc)) from None
         metrics.in_flight.set_function(lambda: len(self._running))
         metrics.gateways.set_function(lambda: len(self.gateways))
         catalog.on_change(self._push_catalog)
@@ -103,6 +120,26 @@ class BridgeServer:
     # -- lifecycle ----------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         context = zmq.Context()
+        try:
+            async with trio.open_nursery() as nursery:
+                if self._curve is not None:  # the ZAP handler must answer before the first handshake can arrive
+                    zap = ZapHandler(context, self._curve[1], self._metrics)
+                    await nursery.start(zap.run)
+                sock = self._bind(context)
+                self._tsock = TrioZmqSocket(sock)
+                try:
+                    nursery.start_soon(self._expire_gateways)
+                    task_status.started()
+                    await self._receive_loop(nursery)
+                finally:
+                    self._tsock = None
+                    # Replies the drain let finish may still sit in ZeroMQ's queue: give them a
+                    # moment to leave instead of discarding them with the socket.
+                    sock.close(linger=FLUSH_ON_CLOSE_MS)
+        finally:
+            context.term()
+
+    def _bind(self, context: zmq.Context) -> zmq.Socket:
         sock = context.socket(zmq.ROUTER)
         hwm = max(1000, 4 * self._settings.bridge_max_in_flight)
         sock.setsockopt(zmq.LINGER, 0)
@@ -110,33 +147,53 @@ class BridgeServer:
         sock.setsockopt(zmq.SNDHWM, hwm)
         sock.setsockopt(zmq.RCVHWM, hwm)
         sock.setsockopt(zmq.MAXMSGSIZE, 4 * self._max_frame)  # hard memory guard; the codec enforces the limit
+        # a peer that opens a connection and never completes the ZMTP greeting is dropped after this long
+        sock.setsockopt(zmq.HANDSHAKE_IVL, int(self._settings.bridge_handshake_timeout * 1000))
+        if self._curve is not None:
+            keys = self._curve[0]
+            sock.setsockopt(zmq.CURVE_SERVER, 1)
+            sock.setsockopt(zmq.CURVE_SECRETKEY, keys.secret)
+            sock.setsockopt(zmq.CURVE_PUBLICKEY, keys.public)
+            sock.setsockopt(zmq.ZAP_DOMAIN, BRIDGE_ZAP_DOMAIN)
+            sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
         try:
             sock.bind(self._settings.bridge_endpoint)
         except zmq.ZMQError as exc:
             sock.close(linger=0)
-            context.term()
             raise BridgeStartupError(f"cannot bind the bridge on {self._settings.bridge_endpoint}: {exc}") from None
-        self._tsock = TrioZmqSocket(sock)
-        log.info("bridge listening on %s", self._settings.bridge_endpoint)
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._expire_gateways)
-                task_status.started()
-                await self._receive_loop(nursery)
-        finally:
-            self._tsock = None
-            # Replies to the calls the drain let finish may still sit in ZeroMQ's queue:
-            # give them a moment to leave instead of discarding them with the socket.
-            sock.close(linger=FLUSH_ON_CLOSE_MS)
-            context.term()
+        security = "CURVE" if self._curve is not None else "loopback only, no encryption"
+        log.info("bridge listening on %s (%s)", self._settings.bridge_endpoint, security)
+        return sock
 
     def stop_accepting(self) -> None:
         """New calls are refused from now on ("sidecar shutting down"); running ones continue."""
         self._accepting = False
 
     async def wait_idle(self) -> None:
-        """Return when no gateway call is running."""
+        """Return when no gateway call is running and each gateway has read the replies sent to it.
+
+        The last replies of a drain are sent just before the socket closes, and
+        a gateway's ZeroMQ socket discards what it has received but not yet
+        read when the connection drops.  So a PING goes to every gateway and
+        the drain waits (up to ``DELIVERY_CONFIRM_SECONDS``) for the PONGs:
+        frames on a connection are read in order, so a PONG means every reply
+        sent before its PING was read.
+        """
         await self._idle.wait()
+        await self._confirm_delivery(DELIVERY_CONFIRM_SECONDS)
+
+    async def _confirm_delivery(self, timeout: float) -> None:
+        waiting: dict[str, trio.Event] = {}
+        for identity in list(self.gateways):
+            ping_id = f"{self._id_prefix}barrier-{next(self._ids):x}"
+            waiting[ping_id] = self._barriers[ping_id] = trio.Event()
+            if not self._send(identity, Envelope(Kind.PING, id=ping_id)):
+                del waiting[ping_id], self._barriers[ping_id]
+        with trio.move_on_after(timeout):
+            for done in waiting.values():
+                await done.wait()
+        for ping_id in waiting:
+            self._barriers.pop(ping_id, None)
 
     @property
     def in_flight(self) -> int:
@@ -189,7 +246,9 @@ class BridgeServer:
             if scope is not None:
                 scope.cancel()
         elif kind is Kind.PONG:
-            pass
+            barrier = self._barriers.pop(envelope.id, None)
+            if barrier is not None:
+                barrier.set()
         else:
             self._drop("unexpected_kind", f"the sidecar does not accept {kind.value!r} frames")
 
@@ -207,6 +266,13 @@ class BridgeServer:
             return
         if len(self._running) >= self._settings.bridge_max_in_flight:
             self._reply_error(identity, envelope, ErrorCode.BUSY, "P2P sidecar busy, try again shortly")
+            return
+        try:
+            check_argument_depth(envelope.tool or "", envelope.arguments, self._settings.max_argument_depth)
+        except BridgeError as exc:
+            self._metrics.limit_rejections.labels("max_argument_depth").inc()
+            self._metrics.calls.labels(exc.code.value).inc()
+            self._send(identity, envelope.fail(exc.info))
             return
         key = (identity, envelope.id)
         if key in self._running:

@@ -34,5 +34,17 @@ class SidecarMetrics:
             registry=self.registry,
         )
 
+        self.auth_denied = Counter(
+            "sidecar_bridge_auth_denied_total",
+            "Bridge handshakes refused by CURVE authentication (key not allowed).",
+            registry=self.registry,
+        )
+        self.limit_rejections = Counter(
+            "sidecar_limit_rejections_total",
+            "Bridge calls refused because they passed a configured limit, by limit.",
+            ["limit"],
+            registry=self.registry,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

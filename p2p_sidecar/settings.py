@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 
-from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo, field_validator
+from pydantic import AfterValidator, BeforeValidator, Field, FilePath, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from p2p_sidecar.node.addresses import check_announce_addr, check_bootstrap_addr, check_listen_addr
-from shared_schema.settings_types import CommaList, Endpoint, check_tool_dirs, split_list
+from shared_schema.limits import DEFAULT_MAX_ARGUMENT_DEPTH
+from shared_schema.settings_types import CommaList, Endpoint, check_tool_dirs, endpoint_is_loopback, split_list
 
 ListenAddrs = Annotated[list[Annotated[str, AfterValidator(check_listen_addr)]], NoDecode, BeforeValidator(split_list)]
 AnnounceAddrs = Annotated[
@@ -136,3 +137,36 @@ class SidecarSettings(BaseSettings):
         if interval is not None and value <= interval:
             raise ValueError(f"must be longer than SIDECAR_PEER_PING_INTERVAL ({interval})")
         return value
+
+    bridge_handshake_timeout: float = Field(
+        5.0, gt=0, description="Seconds a bridge connection may take to finish its ZeroMQ handshake."
+    )
+    max_argument_depth: int = Field(
+        DEFAULT_MAX_ARGUMENT_DEPTH, ge=1, description="Deepest nesting of lists/objects in a bridge call's arguments."
+    )
+    bridge_curve_secret_key_file: FilePath | None = Field(
+        None, description="The sidecar's CURVE certificate (.key_secret); required to bind a non-loopback address."
+    )
+    bridge_curve_client_keys: CommaList = Field(
+        default_factory=list,
+        description="Gateway public certificates (.key files, or directories of them) allowed to connect with CURVE.",
+    )
+
+    @property
+    def bridge_curve_enabled(self) -> bool:
+        return self.bridge_curve_secret_key_file is not None
+
+    @model_validator(mode="after")
+    def _check_bridge_security(self) -> Self:
+        """A bridge reachable from other hosts must authenticate and encrypt; refuse to start otherwise."""
+        if (self.bridge_curve_secret_key_file is None) != (not self.bridge_curve_client_keys):
+            raise ValueError(
+                "set both SIDECAR_BRIDGE_CURVE_SECRET_KEY_FILE and SIDECAR_BRIDGE_CURVE_CLIENT_KEYS, or neither"
+            )
+        if self.bridge_curve_secret_key_file is None and not endpoint_is_loopback(self.bridge_endpoint):
+            raise ValueError(
+                f"SIDECAR_BRIDGE_ENDPOINT {self.bridge_endpoint} is not loopback: a bridge other hosts can reach "
+                "needs CURVE keys; set SIDECAR_BRIDGE_CURVE_SECRET_KEY_FILE and SIDECAR_BRIDGE_CURVE_CLIENT_KEYS "
+                "(make them with python -m shared_schema.curve DIR), or bind 127.0.0.1 / ipc://"
+            )
+        return self

@@ -98,7 +98,8 @@ def decode(frame: bytes, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Envelope:
             envelope_id=envelope_id or None,
             version=version,
         )
-    kind = _KINDS.get(wire.get("k"))  # type: ignore[arg-type]
+    raw_kind = wire.get("k")
+    kind = _KINDS.get(raw_kind) if isinstance(raw_kind, str) else None  # a map or list here is unhashable
     if kind is None:
         raise DecodeError("bad_field", f"unknown kind {wire.get('k')!r:.50}", envelope_id=envelope_id or None)
 

@@ -29,7 +29,10 @@ def payload_bytes(data: str, encoding: PayloadEncoding = "utf-8") -> bytes:
             return base64.b64decode(data, validate=True)
         except binascii.Error as exc:
             raise BridgeError(ErrorCode.INVALID_ARGUMENTS, f"data is not valid base64: {exc}") from None
-    return data.encode("utf-8")
+    try:
+        return data.encode("utf-8")
+    except UnicodeEncodeError as exc:  # JSON can carry lone surrogates ("\ud800") that have no UTF-8 form
+        raise BridgeError(ErrorCode.INVALID_ARGUMENTS, f"data is not valid text: {exc.reason}") from None
 
 
 def digest(data: bytes, algorithm: HashAlgorithm = "sha256") -> str:

@@ -31,6 +31,8 @@ class ErrorCode(StrEnum):
     """The tool is listed but cannot run here: its module failed to load, or no sidecar serves it."""
     NOT_FOUND = "not_found"
     CONFLICT = "conflict"
+    RATE_LIMITED = "rate_limited"
+    """Too many calls in flight from one client; retry shortly (HTTP 429)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -72,7 +72,10 @@ def describe_settings_error(exc: ValidationError, env_prefix: str) -> str:
     """One line naming the environment variable(s) that were wrong, for a start-up failure."""
     parts = []
     for error in exc.errors(include_url=False):
-        field = str(error["loc"][0]) if error.get("loc") else "?"
+        if not error.get("loc"):  # a check across several settings: its message names them
+            parts.append(str(error["msg"]).removeprefix("Value error, "))
+            continue
+        field = str(error["loc"][0])
         value = error.get("input")
         shown = f" (got {value!r:.80})" if isinstance(value, str | int | float) else ""
         parts.append(f"{env_prefix}{field.upper()}: {error['msg']}{shown}")

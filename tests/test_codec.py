@@ -64,6 +64,8 @@ def test_structured_garbage_only_raises_decode_error(wire: dict) -> None:
         (msgpack.packb({"v": 2, "k": "ping", "id": "a"}), "version"),
         (msgpack.packb({"v": 1, "k": "call", "id": "a"}), "bad_field"),
         (msgpack.packb({"v": 1, "k": "ping", "dl": "soon"}), "bad_field"),
+        (msgpack.packb({"v": 1, "k": {"a": 1}}), "bad_field"),  # found by atheris: an unhashable kind
+        (msgpack.packb({"v": 1, "k": ["call"]}), "bad_field"),
         (b"\x91" * 100_000, "garbage"),
     ],
 )
