@@ -29,6 +29,7 @@ from p2p_sidecar.node.host import Node, NodeStartupError
 from p2p_sidecar.node.metrics import NodeMetrics
 from p2p_sidecar.settings import SidecarSettings
 from p2p_sidecar.taskqueue import QueueService, register_queue_tools
+from p2p_sidecar.taskqueue.peer_rpc import NodePeerRpc
 from p2p_sidecar.taskqueue.store import StoreStartupError
 from p2p_sidecar.tools import ToolCatalog
 from p2p_sidecar.tools.bootstrap import register_bootstrap_tools
@@ -82,11 +83,10 @@ class Sidecar:
         register_bootstrap_tools(self.catalog, self.node)
         register_remote_tools(self.catalog, self.node)
         try:
-            self.queue = QueueService(settings, call_gateway=self.bridge.call_gateway)
+            # The queue serves its queue.* ops on the node and advertises the task types its workers run.
+            self.queue = QueueService(settings, rpc=NodePeerRpc(self.node), call_gateway=self.bridge.call_gateway)
         except StoreStartupError as exc:
             raise SidecarStartupError(str(exc)) from None
-        if settings.worker_concurrency > 0:  # what this node's default worker runs, advertised to peers
-            self.node.capabilities.add_task_types(self.queue.executors.types)
         self.workflows = WorkflowEngine(self.queue)
         register_queue_tools(self.catalog, self.queue)
         register_workflow_tools(self.catalog, self.workflows)
