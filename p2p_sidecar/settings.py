@@ -130,7 +130,11 @@ class SidecarSettings(BaseSettings):
         30.0, gt=0, le=3600, description="Longest wait between re-dials of a bootstrap or persisted peer."
     )
     p2p_max_message_bytes: int = Field(
-        4 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024, description="Largest message accepted on the peer protocol."
+        4 * 1024 * 1024,
+        ge=1024,
+        le=64 * 1024 * 1024,
+        description="Largest message accepted on the peer protocol; at least 9/4 of the larger task "
+        "payload/result limit plus 64 KiB.",
     )
     p2p_request_timeout: float = Field(
         10.0, gt=0, le=300, description="Deadline of the node's own requests to peers (hello, ping, exchange)."
