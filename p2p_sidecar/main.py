@@ -133,16 +133,22 @@ class Sidecar:
                 await root.start(self.admin.run)
                 await root.start(self.node.run)
                 await load_tool_collection(self.catalog, self.settings)
-                await root.start(self.queue.run)
-                await root.start(self.bridge.run)
-                self.ready = True
-                log.info("sidecar ready (bridge %s, admin port %s)", self.settings.bridge_endpoint, self.admin.bound)
-                sd_notify.notify("READY=1", f"STATUS=bridge on {self.settings.bridge_endpoint}")
-                task_status.started()
-                async for signum in signals:
-                    log.info("received %s: draining", signal.Signals(signum).name)
-                    break
-                await self._drain()
+                # The queue and the bridge stop before the node: attempts still running when the grace period
+                # ends hand their leases back to remote owners while the network is still up.
+                async with trio.open_nursery() as work:
+                    await work.start(self.queue.run)
+                    await work.start(self.bridge.run)
+                    self.ready = True
+                    log.info(
+                        "sidecar ready (bridge %s, admin port %s)", self.settings.bridge_endpoint, self.admin.bound
+                    )
+                    sd_notify.notify("READY=1", f"STATUS=bridge on {self.settings.bridge_endpoint}")
+                    task_status.started()
+                    async for signum in signals:
+                        log.info("received %s: draining", signal.Signals(signum).name)
+                        break
+                    await self._drain()
+                    work.cancel_scope.cancel()
                 root.cancel_scope.cancel()
         log.info("sidecar stopped")
 

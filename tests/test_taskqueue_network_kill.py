@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import signal
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.procs import Peer, http_json, p2p_network, running_network, wait_for
-from tests.queue_client import call, wait_done
+from tests.queue_client import call, wait_done, wait_status
 from tests.test_taskqueue_network import url, wait_advertised
 
 pytestmark = pytest.mark.e2e
@@ -42,7 +43,10 @@ def worker_net(tmp_path: Path) -> Iterator[dict[str, Peer]]:
         ["a", "b", "c"],
         bootstrap={"b": ["a"], "c": ["a"]},
         gateways=("a", "c"),
-        env={"a": {"SIDECAR_WORKER_CONCURRENCY": "0"}, "c": {"SIDECAR_WORKER_CONCURRENCY": "0"}},
+        env={
+            "a": {"SIDECAR_WORKER_CONCURRENCY": "0"},
+            "c": {"SIDECAR_WORKER_CONCURRENCY": "0", "SIDECAR_SHUTDOWN_GRACE_SECONDS": "0.5"},
+        },
         SIDECAR_QUEUE_LEASE_SECONDS=str(LEASE_S),
         SIDECAR_LOG_LEVEL="warning",
     )
@@ -51,6 +55,7 @@ def worker_net(tmp_path: Path) -> Iterator[dict[str, Peer]]:
 
 
 def test_tasks_of_a_worker_node_killed_mid_task_complete_elsewhere(worker_net: dict[str, Peer]) -> None:
+    """b is killed running four tasks: they complete on c.  Then c is stopped (SIGTERM) running one: handed back."""
     a, b, c = worker_net["a"], worker_net["b"], worker_net["c"]
     wait_advertised(a, [b], "sleep")
     ids = [
@@ -77,6 +82,14 @@ def test_tasks_of_a_worker_node_killed_mid_task_complete_elsewhere(worker_net: d
     assert any("lease expired" in entry["event"] for entry in logs), logs
     stats = call(url(a), "queue_stats")["counts"]
     assert stats == {"queued": 0, "running": 0, "completed": 4, "failed": 0, "cancelled": 0}
+    # a graceful stop: what c still runs when its grace period ends goes back to a at once, no failure counted
+    task_id = call(url(a), "task_submit", task_type="sleep", payload={"seconds": 60})["task_id"]
+    assert wait_status(url(a), task_id, "running")["executed_by"] == c.peer_id
+    c.sidecar.signal(signal.SIGTERM)
+    assert c.sidecar.popen.wait(timeout=20) == 0  # type: ignore[union-attr]
+    view = call(url(a), "task_status", task_id=task_id, include_logs=True)
+    assert (view["status"], view["attempt"], view["failures"]) == ("queued", 1, 0), view
+    assert any("handed back" in entry["event"] and c.peer_id in entry["event"] for entry in view["logs"]), view
 
 
 @pytest.fixture
