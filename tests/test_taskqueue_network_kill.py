@@ -152,6 +152,7 @@ def test_200_tasks_survive_kill9_of_the_submitting_sidecar_while_peers_run_some(
     assert sorted(json.loads(row["result"])["result"] for row in rows) == list(range(200))
     executed = {row["worker_peer"] or "local" for row in rows}
     assert executed == {"local", b.peer_id, c.peer_id}, executed
-    # what ran again is at most what was running when a died (2 + 4 + 4 slots), each counted as one lost attempt
+    # what ran again is at most what was in flight when a died, each counted as one lost attempt: running
+    # (2 + 4 + 4 slots) or finished with its result on the way (a worker frees a slot before it reports)
     rerun = [row for row in rows if row["attempt"] > 1]
-    assert len(rerun) <= 10 and all(row["failures"] == 1 for row in rerun), [dict(row) for row in rerun]
+    assert len(rerun) <= 2 * (2 + 4 + 4) and all(row["failures"] == 1 for row in rerun), [dict(r) for r in rerun]
