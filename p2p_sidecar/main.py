@@ -68,6 +68,8 @@ class Sidecar:
         self.bridge = BridgeServer(settings, self.catalog, self.metrics, node_info=self.node_summary)
         self.admin = AdminServer(settings, self.metrics, self.health)
         self.ready = False
+        self._queue_scope = trio.CancelScope()
+        self._queue_stopped = trio.Event()
         try:
             self.node = Node(
                 settings,
@@ -133,24 +135,29 @@ class Sidecar:
                 await root.start(self.admin.run)
                 await root.start(self.node.run)
                 await load_tool_collection(self.catalog, self.settings)
-                # The queue and the bridge stop before the node: attempts still running when the grace period
-                # ends hand their leases back to remote owners while the network is still up.
-                async with trio.open_nursery() as work:
-                    await work.start(self.queue.run)
-                    await work.start(self.bridge.run)
-                    self.ready = True
-                    log.info(
-                        "sidecar ready (bridge %s, admin port %s)", self.settings.bridge_endpoint, self.admin.bound
-                    )
-                    sd_notify.notify("READY=1", f"STATUS=bridge on {self.settings.bridge_endpoint}")
-                    task_status.started()
-                    async for signum in signals:
-                        log.info("received %s: draining", signal.Signals(signum).name)
-                        break
-                    await self._drain()
-                    work.cancel_scope.cancel()
+                await root.start(self._run_queue)
+                await root.start(self.bridge.run)
+                self.ready = True
+                log.info("sidecar ready (bridge %s, admin port %s)", self.settings.bridge_endpoint, self.admin.bound)
+                sd_notify.notify("READY=1", f"STATUS=bridge on {self.settings.bridge_endpoint}")
+                task_status.started()
+                async for signum in signals:
+                    log.info("received %s: draining", signal.Signals(signum).name)
+                    break
+                await self._drain()
+                # The queue stops first: attempts still running when the grace period ended hand their leases
+                # back to remote owners while the network is still up.
+                self._queue_scope.cancel()
+                await self._queue_stopped.wait()
                 root.cancel_scope.cancel()
         log.info("sidecar stopped")
+
+    async def _run_queue(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            with self._queue_scope:
+                await self.queue.run(task_status=task_status)
+        finally:
+            self._queue_stopped.set()
 
     async def _drain(self) -> None:
         self.ready = False
