@@ -8,6 +8,7 @@ is the same nesting undone:
 
     stop accepting calls and claiming tasks  ->  drain in-flight calls and
     running tasks (up to the grace period; tasks still running are handed back to the queue)
+    ->  cancel the queue (its releases reach remote owners over the live node)
     ->  cancel the root nursery  ->  sockets closed by their owners  ->  exit 0
 """
 
