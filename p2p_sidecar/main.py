@@ -8,6 +8,7 @@ is the same nesting undone:
 
     stop accepting calls and claiming tasks  ->  drain in-flight calls and
     running tasks (up to the grace period; tasks still running are handed back to the queue)
+    ->  cancel the queue (its releases reach remote owners over the live node)
     ->  cancel the root nursery  ->  sockets closed by their owners  ->  exit 0
 """
 
@@ -29,6 +30,7 @@ from p2p_sidecar.node.host import Node, NodeStartupError
 from p2p_sidecar.node.metrics import NodeMetrics
 from p2p_sidecar.settings import SidecarSettings
 from p2p_sidecar.taskqueue import QueueService, register_queue_tools
+from p2p_sidecar.taskqueue.peer_rpc import NodePeerRpc
 from p2p_sidecar.taskqueue.store import StoreStartupError
 from p2p_sidecar.tools import ToolCatalog
 from p2p_sidecar.tools.bootstrap import register_bootstrap_tools
@@ -67,6 +69,8 @@ class Sidecar:
         self.bridge = BridgeServer(settings, self.catalog, self.metrics, node_info=self.node_summary)
         self.admin = AdminServer(settings, self.metrics, self.health)
         self.ready = False
+        self._queue_scope = trio.CancelScope()
+        self._queue_stopped = trio.Event()
         try:
             self.node = Node(
                 settings,
@@ -82,11 +86,10 @@ class Sidecar:
         register_bootstrap_tools(self.catalog, self.node)
         register_remote_tools(self.catalog, self.node)
         try:
-            self.queue = QueueService(settings, call_gateway=self.bridge.call_gateway)
+            # The queue serves its queue.* ops on the node and advertises the task types its workers run.
+            self.queue = QueueService(settings, rpc=NodePeerRpc(self.node), call_gateway=self.bridge.call_gateway)
         except StoreStartupError as exc:
             raise SidecarStartupError(str(exc)) from None
-        if settings.worker_concurrency > 0:  # what this node's default worker runs, advertised to peers
-            self.node.capabilities.add_task_types(self.queue.executors.types)
         self.workflows = WorkflowEngine(self.queue)
         register_queue_tools(self.catalog, self.queue)
         register_workflow_tools(self.catalog, self.workflows)
@@ -133,7 +136,7 @@ class Sidecar:
                 await root.start(self.admin.run)
                 await root.start(self.node.run)
                 await load_tool_collection(self.catalog, self.settings)
-                await root.start(self.queue.run)
+                await root.start(self._run_queue)
                 await root.start(self.bridge.run)
                 self.ready = True
                 log.info("sidecar ready (bridge %s, admin port %s)", self.settings.bridge_endpoint, self.admin.bound)
@@ -143,8 +146,19 @@ class Sidecar:
                     log.info("received %s: draining", signal.Signals(signum).name)
                     break
                 await self._drain()
+                # The queue stops first: attempts still running when the grace period ended hand their leases
+                # back to remote owners while the network is still up.
+                self._queue_scope.cancel()
+                await self._queue_stopped.wait()
                 root.cancel_scope.cancel()
         log.info("sidecar stopped")
+
+    async def _run_queue(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            with self._queue_scope:
+                await self.queue.run(task_status=task_status)
+        finally:
+            self._queue_stopped.set()
 
     async def _drain(self) -> None:
         self.ready = False

@@ -24,6 +24,19 @@ PeerAddrs = Annotated[list[Annotated[str, AfterValidator(check_bootstrap_addr)]]
 """Lists of multiaddrs, written like every list setting (``a,b`` or a JSON list), each entry checked at start."""
 
 
+PEER_MESSAGE_FRAMING_BYTES = 64 * 1024
+"""Room kept in a peer message for what surrounds one task's payload or result (ids, keys, an error text)."""
+
+
+def msgpack_bound(json_bytes: int) -> int:
+    """The most bytes a JSON value of ``json_bytes`` (compact UTF-8) can take in msgpack on the peer protocol.
+
+    msgpack is no larger than JSON for strings, integers, lists and maps, but a float always takes 9
+    bytes where JSON may write 4 (``1.0,``): 9/4 bounds the growth.
+    """
+    return -(-json_bytes * 9 // 4)
+
+
 def default_data_dir() -> Path:
     """Per-user state directory: ``$XDG_DATA_HOME/mcp-p2p/sidecar`` (``~/.local/share/...``)."""
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
@@ -118,7 +131,11 @@ class SidecarSettings(BaseSettings):
         30.0, gt=0, le=3600, description="Longest wait between re-dials of a bootstrap or persisted peer."
     )
     p2p_max_message_bytes: int = Field(
-        4 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024, description="Largest message accepted on the peer protocol."
+        4 * 1024 * 1024,
+        ge=1024,
+        le=64 * 1024 * 1024,
+        description="Largest message accepted on the peer protocol; at least 9/4 of the larger task "
+        "payload/result limit plus 64 KiB.",
     )
     p2p_request_timeout: float = Field(
         10.0, gt=0, le=300, description="Deadline of the node's own requests to peers (hello, ping, exchange)."
@@ -129,6 +146,20 @@ class SidecarSettings(BaseSettings):
     p2p_max_inbound_requests: int = Field(
         256, ge=1, description="Requests from peers running at once before new ones get 'busy'."
     )
+
+    @field_validator("p2p_max_message_bytes")
+    @classmethod
+    def _room_for_one_task(cls, value: int, info: ValidationInfo) -> int:
+        """A task's payload travels to its worker, and its result back, in one peer message (docs/taskqueue.md)."""
+        largest = max(info.data.get("task_max_payload_bytes") or 0, info.data.get("task_max_result_bytes") or 0)
+        needed = msgpack_bound(largest) + PEER_MESSAGE_FRAMING_BYTES
+        if value < needed:
+            raise ValueError(
+                f"must be at least {needed} so one task of SIDECAR_TASK_MAX_PAYLOAD_BYTES / "
+                f"SIDECAR_TASK_MAX_RESULT_BYTES ({largest} bytes) fits in a peer message "
+                "(9/4 of it as msgpack, plus 64 KiB); raise it or lower those"
+            )
+        return value
 
     @field_validator("peer_gone_timeout")
     @classmethod

@@ -30,10 +30,6 @@ UNITS = sorted((DEPLOY / "systemd").glob("*.service"))
 ENV_FILE = DEPLOY / "systemd" / "mcp-p2p.env"
 UNIT_PYTHON = "/opt/mcp-p2p/venv/bin/python"
 
-# Settings the manifests already set for the sidecar's libp2p listener, which is being added
-# in parallel; until it lands the sidecar ignores them (unknown SIDECAR_* variables are ignored).
-PENDING_SETTINGS = {"SIDECAR_LISTEN_ADDRS", "SIDECAR_ANNOUNCE_ADDRS", "SIDECAR_BOOTSTRAP_PEERS"}
-
 
 def run(*args: str | Path, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(arg) for arg in args], capture_output=True, text=True, cwd=cwd, timeout=120)
@@ -50,7 +46,7 @@ def k8s_docs() -> dict[str, dict[str, Any]]:
 def known_setting(name: str) -> bool:
     for prefix, settings in (("GATEWAY_", GatewaySettings), ("SIDECAR_", SidecarSettings)):
         if name.startswith(prefix):
-            return name[len(prefix) :].lower() in settings.model_fields or name in PENDING_SETTINGS
+            return name[len(prefix) :].lower() in settings.model_fields
     return False
 
 

@@ -59,6 +59,7 @@ def test_loopback_detection() -> None:
         ("p2p_sidecar", "SIDECAR_ADMIN_PORT", "-1"),
         ("p2p_sidecar", "SIDECAR_LOG_LEVEL", "loud"),
         ("p2p_sidecar", "SIDECAR_QUEUE_SYNC", "sometimes"),
+        ("p2p_sidecar", "SIDECAR_P2P_MAX_MESSAGE_BYTES", "1048576"),  # below one 1 MiB task as msgpack + framing
     ],
 )
 def test_bad_value_stops_the_process_with_one_line(module: str, variable: str, value: str) -> None:

@@ -186,10 +186,10 @@ def test_idempotency_key_and_task_id_make_resubmission_safe(queue_stack: tuple[s
         ),
         (
             "task_submit",
-            {"task_type": "echo", "payload": 1, "metadata": {"placement": "remote"}},
-            503,
-            "unavailable",
-            "P2P network",
+            {"task_type": "echo", "payload": 1, "metadata": {"placement": {"peer": 5}}},
+            422,
+            "invalid_arguments",
+            "placement",
         ),
         (
             "task_submit",
@@ -214,6 +214,15 @@ def test_bad_requests_get_clear_errors(
     got_status, error = refused(url, tool, **arguments)
     assert (got_status, error["code"]) == (status, code), error
     assert words in error["message"]
+
+
+def test_a_task_placed_on_other_peers_waits_for_one_on_a_lone_node(queue_stack: tuple[str, Proc]) -> None:
+    url, _ = queue_stack
+    view = call(url, "task_submit", task_type="echo", payload=1, metadata={"placement": "remote"})
+    assert view["created"] and view["status"] == "queued"
+    done = call(url, "task_wait", task_id=view["task_id"], timeout_s=1.0)
+    assert not done["done"] and done["status"] == "queued"  # this node's own worker never takes it
+    assert call(url, "task_cancel", task_id=view["task_id"])["cancelled"]
 
 
 def test_finished_tasks_cannot_be_cancelled_or_retried(queue_stack: tuple[str, Proc]) -> None:

@@ -86,6 +86,13 @@ def test_a_claim_that_travels_is_bounded_in_bytes(store: TaskStore) -> None:
     counts_match_the_table(store)
 
 
+def test_the_claim_budget_counts_bytes_not_characters(store: TaskStore) -> None:
+    for index in range(3):
+        store.insert(new(f"t{index}", priority=10 - index, payload="\u00e9" * 300), NOW)  # 600 bytes, 300 chars
+    bounded = store.claim(types=["echo"], limit=10, worker="w", peer="p", boot="b", lease_s=1, now=NOW, max_bytes=1300)
+    assert [lease.task_id for lease in bounded] == ["t0", "t1"]
+
+
 def test_exactly_one_recorded_result(store: TaskStore, ended: list[Ended]) -> None:
     store.insert(new("t"), NOW)
     [lease] = claim(store)

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import trio
 
+from p2p_sidecar.settings import PEER_MESSAGE_FRAMING_BYTES
 from p2p_sidecar.taskqueue.records import Lease, Report
 from p2p_sidecar.taskqueue.store import LOCAL
 from p2p_sidecar.taskqueue.sync import Broadcast
@@ -60,11 +61,24 @@ HINT_REFRESH_S = 1.0
 HINT_TTL_S = 30.0
 MAX_BATCH = 256
 MAX_BATCH_BYTES = 2 * 1024 * 1024
-"""Payloads in one claim reply, results in one report batch: one message stays a few MiB at most.
+"""Payloads in one claim reply, results in one report batch (JSON bytes): one message stays a few MiB at most.
 
-A single task may exceed it (it then travels alone): the node's message limit must be above
-``SIDECAR_TASK_MAX_PAYLOAD_BYTES`` and ``SIDECAR_TASK_MAX_RESULT_BYTES`` plus a little framing.
+Lowered to what fits ``SIDECAR_P2P_MAX_MESSAGE_BYTES`` (see ``batch_budget``).  A single task may
+exceed it and then travels alone; settings validation makes sure one task always fits a message.
 """
+ITEM_OVERHEAD_BYTES = 1024
+"""Room for what surrounds one lease or report in a batch: its task id, type, keys, numbers."""
+MAX_ERROR_CHARS = 4096
+
+
+def batch_budget(max_message_bytes: int) -> int:
+    """JSON bytes of payloads (or results) one claim reply (or report batch) may carry.
+
+    Its msgpack form (at most 9/4 as large), plus the items' own overhead and the frame, stays
+    within the node's message limit.
+    """
+    room = max_message_bytes - PEER_MESSAGE_FRAMING_BYTES - MAX_BATCH * ITEM_OVERHEAD_BYTES
+    return max(1, min(MAX_BATCH_BYTES, room * 4 // 9))
 
 
 class PeerRpcError(Exception):
@@ -153,7 +167,7 @@ def _leases(body: dict[str, Any]) -> list[tuple[str, int]]:
 def report_to_wire(report: Report) -> dict[str, Any]:
     if report.ok:
         return {"task_id": report.task_id, "attempt": report.attempt, "ok": True, "result": report.result}
-    error = {"message": report.message, "code": report.code, "retryable": report.retryable}
+    error = {"message": report.message[:MAX_ERROR_CHARS], "code": report.code, "retryable": report.retryable}
     return {"task_id": report.task_id, "attempt": report.attempt, "ok": False, "error": error}
 
 
@@ -169,7 +183,7 @@ def report_from_wire(raw: Any) -> Report:
         task_id,
         attempt,
         ok=False,
-        message=str(error.get("message", "failed"))[:4096],
+        message=str(error.get("message", "failed"))[:MAX_ERROR_CHARS],
         code=str(error.get("code", "task_error"))[:64],
         retryable=error.get("retryable", True) is not False,
     )
@@ -185,11 +199,12 @@ class _Slot:
 class RemoteEndpoint:
     """Another peer's queue: claims, heartbeats, reports (batched) and releases over ``PeerRpc``."""
 
-    def __init__(self, rpc: PeerRpc, owner: str, boot: str) -> None:
+    def __init__(self, rpc: PeerRpc, owner: str, boot: str, *, batch_bytes: int = MAX_BATCH_BYTES) -> None:
         self.key = f"peer:{owner}"
         self.owner: str | None = owner
         self._rpc = rpc
         self._boot = boot
+        self._batch_bytes = batch_bytes
         self._pending: list[tuple[Report, _Slot]] = []
         self._flushing = False
         self._flushed = Broadcast()
@@ -238,9 +253,10 @@ class RemoteEndpoint:
     async def _flush(self) -> None:
         count, total = 0, 0
         for report, _ in self._pending[:MAX_BATCH]:
-            if count and total + report.size > MAX_BATCH_BYTES:
+            size = report.size if report.ok else len(report.message[:MAX_ERROR_CHARS].encode())
+            if count and total + size > self._batch_bytes:
                 break
-            count, total = count + 1, total + report.size
+            count, total = count + 1, total + size
         batch, self._pending = self._pending[:count], self._pending[count:]
         self._flushing = True
         try:
@@ -270,6 +286,7 @@ class Distribution:
         self.rpc = rpc
         self.local_peer_id = rpc.local_peer_id
         self._allow_remote_tool = bool(service.settings.remote_tools_allow)
+        self.batch_bytes = batch_budget(service.settings.p2p_max_message_bytes)
         # worker side
         self._hints: dict[str, tuple[frozenset[str], float]] = {}
         self._endpoints: dict[str, RemoteEndpoint] = {}
@@ -308,7 +325,7 @@ class Distribution:
         worker, boot = _str(body, "worker"), _str(body, "boot")
         types, limit = _str_list(body, "types"), _int(body, "max", 1, MAX_BATCH)
         self._check_boot(peer, boot)
-        leases = self.service.claim(worker, types, limit, peer=peer, boot=boot, max_bytes=MAX_BATCH_BYTES)
+        leases = self.service.claim(worker, types, limit, peer=peer, boot=boot, max_bytes=self.batch_bytes)
         if len(leases) < limit:
             self._hinted_at.pop(peer, None)  # the peer drops our hint now; hint again when work comes
         self.counters["leased_to_peers"] += len(leases)
@@ -365,7 +382,9 @@ class Distribution:
     def _endpoint(self, owner: str) -> RemoteEndpoint:
         endpoint = self._endpoints.get(owner)
         if endpoint is None:
-            endpoint = self._endpoints[owner] = RemoteEndpoint(self.rpc, owner, self.service.boot)
+            endpoint = self._endpoints[owner] = RemoteEndpoint(
+                self.rpc, owner, self.service.boot, batch_bytes=self.batch_bytes
+            )
         return endpoint
 
     def claimable_types(self, endpoint: QueueEndpoint, capabilities: Sequence[str]) -> list[str]:

@@ -340,7 +340,8 @@ class TaskStore:
         candidate_params = [now, *types, *placement_params, limit]
         if max_bytes is not None:
             candidates = (
-                "SELECT seq FROM (SELECT seq, SUM(length(payload)) OVER win AS total, ROW_NUMBER() OVER win AS n "
+                "SELECT seq FROM (SELECT seq, SUM(length(CAST(payload AS BLOB))) OVER win AS total, "
+                "ROW_NUMBER() OVER win AS n "
                 f"FROM tasks WHERE seq IN ({candidates}) WINDOW win AS (ORDER BY priority DESC, seq)) "
                 "WHERE total <= ? OR n = 1"
             )

@@ -79,7 +79,7 @@ def task_logs(row: sqlite3.Row, lines: list[tuple[float, str]]) -> list[dict[str
     """The task's history: the hot-path moments (from its timestamps) merged with logged events."""
     events = [(row["created_at"], f"submitted ({row['task_type']}, priority {row['priority']:g})")]
     events.extend(lines)
-    if row["started_at"] is not None:
+    if row["started_at"] is not None and row["worker"] is not None:  # the attempt that holds (or held) the lease
         who = row["worker_peer"] or "local"
         events.append((row["started_at"], f"attempt {row['attempt']} started by worker {row['worker']} on {who}"))
     status = row["status"]
