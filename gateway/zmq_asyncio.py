@@ -59,6 +59,10 @@ class AsyncioZmqSocket:
             self._drain_scheduled = True
             self._loop.call_soon(self._drain)
 
+    def drain_now(self) -> None:
+        """Read what is already queued, at once (before acting on news from another socket)."""
+        self._drain()
+
     def _drain(self) -> None:
         self._drain_scheduled = False
         for _ in range(DRAIN_BATCH):
