@@ -252,6 +252,8 @@ class BridgeClient:
             self._set_state(SidecarState.CONNECTING, "connected, waiting for the catalog")
             self._send_hello()
         elif event["event"] == zmq.EVENT_DISCONNECTED:
+            if self._sock is not None:
+                self._sock.drain_now()  # replies that arrived before the drop still answer their callers
             # a failed handshake is followed by a disconnect: keep saying why it failed
             self._set_state(SidecarState.DOWN, self._handshake_failure or "connection to the sidecar was lost")
         elif event["event"] & _HANDSHAKE_FAILED:
