@@ -16,7 +16,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import bridge_cost, collection_startup, floor, footprint, remote_call, seed_style, taskqueue_local
+from bench import (
+    bridge_cost,
+    collection_startup,
+    floor,
+    footprint,
+    remote_call,
+    seed_style,
+    taskqueue_local,
+    taskqueue_network,
+)
 from bench.loadgen import ensure_wrk, process_cpu_seconds, rss_mb
 from bench.machine import describe
 from bench.report import plot, render
@@ -87,6 +96,14 @@ def main() -> None:
                 tasks=2000 if args.quick else 10_000,
                 samples=50 if args.quick else 200,
             )
+        (tmp / "network").mkdir()
+        results["queue_network"] = taskqueue_network.run(
+            tmp / "network",
+            tasks=1000 if args.quick else 3000,
+            repeats=1 if args.quick else 3,
+            samples=40 if args.quick else 150,
+            warmup=10 if args.quick else 30,
+        )
     results["remote_call"] = remote_call.run(calls=200 if args.quick else 1000, warmup=50 if args.quick else 100)
     results["collection"] = collection_startup.run(runs=1 if args.quick else 3, warm=3 if args.quick else 10)
     results["elapsed_s"] = time.monotonic() - t0

@@ -31,6 +31,7 @@ def run(gateway_url: str, *, concurrencies: list[int], seconds: float, repeats: 
                 for name in order:
                     measured[name].append(run_wrk(targets[name], PAYLOAD, connections=clients, seconds=seconds))
                 order.reverse()
+            floor = run_wrk(seed_url + "/noop", {}, connections=clients, seconds=seconds)
             seed_m, ours_m = median_result(measured["seed"]), median_result(measured["ours"])
             rows.append(
                 {
@@ -39,6 +40,8 @@ def run(gateway_url: str, *, concurrencies: list[int], seconds: float, repeats: 
                     "ours": ours_m,
                     "rps_ratio": ours_m["rps"] / seed_m["rps"],
                     "p50_ratio": seed_m["p50_ms"] / ours_m["p50_ms"],
+                    "http_floor_rps": floor.rps,
+                    "max_possible_ratio": floor.rps / seed_m["rps"],
                 }
             )
     finally:

@@ -156,6 +156,9 @@ def create_app(settings: GatewaySettings, gateway: Gateway | None = None) -> Fas
         version=__version__,
         lifespan=gateway.lifespan,
         description="MCP tool server: local tools plus P2P tools served by the libp2p sidecar.",
+        # FastAPI's native OpenTelemetry looks up the global providers on every request; the gateway's
+        # own metrics are Prometheus (/metrics), so it runs only when asked for.
+        telemetry=None if settings.opentelemetry else {"tracing": False, "metrics": False, "logs": False},
     )
     app.state.gateway = gateway
 

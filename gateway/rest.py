@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fastapi import APIRouter, Body, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from gateway.errors import (
@@ -175,10 +175,25 @@ def build_rest_router(registry: ToolRegistry, router: RuntimeRouter) -> APIRoute
         tags=["tools"],
         summary="Run a tool with a JSON object of parameters",
         responses={200: {"model": ToolSuccess}, **TOOL_FAILURES},
+        openapi_extra={
+            "requestBody": {
+                "required": False,
+                "content": {"application/json": {"schema": {"type": "object", "additionalProperties": True}}},
+            }
+        },
     )
-    async def tools_execute(
-        tool_name: str, request: Request, parameters: dict[str, Any] = Body(default_factory=dict)
-    ) -> Response:
+    async def tools_execute(tool_name: str, request: Request) -> Response:
+        # The body is parsed here rather than by a FastAPI Body() parameter: dependency solving and
+        # pydantic validation of a free-form object cost more than the tool call itself on the hot path.
+        raw = await request.body()
+        try:
+            parameters = _parse(raw) if raw else {}
+        except (ValueError, UnicodeDecodeError) as exc:
+            parameters = exc
+        if not isinstance(parameters, dict):
+            reason = f"not JSON: {parameters}" if isinstance(parameters, Exception) else "not a JSON object"
+            error = {"code": ErrorCode.INVALID_ARGUMENTS.value, "message": f"the request body is {reason}"}
+            return _json({"tool": tool_name, "status": "error", "error": error}, 422)
         try:
             result = await router.call(tool_name, parameters, client=_client(request))
         except BridgeError as exc:

@@ -44,6 +44,9 @@ class GatewaySettings(BaseSettings):
         None,
         description="Tool-schema cache folder (default ${XDG_CACHE_HOME:-~/.cache}/mcp-p2p); 'off' disables it.",
     )
+    opentelemetry: bool = Field(
+        False, description="Run FastAPI's native OpenTelemetry instrumentation (needs configured OTel providers)."
+    )
     log_level: str = Field("info", pattern="^(critical|error|warning|info|debug)$", description="Log level.")
     graceful_shutdown_seconds: float = Field(10.0, ge=0, description="How long SIGTERM waits for calls.")
 
