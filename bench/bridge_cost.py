@@ -18,15 +18,23 @@ from tests.procs import http_json
 PAYLOAD = {"data": "x" * 1024}
 PAIR = {"local": "hash_content", "p2p": "p2p_hash_content"}
 
-Request = tuple[str, dict[str, Any], dict[str, str]]
+Request = tuple[str, dict[str, Any], dict[str, str], list[str]]
+SESSIONS = 64
+"""Handshake-era sessions the load rotates through: one per simulated agent, as at the highest concurrency."""
 
 
 def faces(url: str) -> dict[str, Callable[[str], Request]]:
-    session = legacy_session(url)
+    sessions = [legacy_session(url) for _ in range(SESSIONS)]
+
+    def legacy(tool: str) -> Request:
+        body, headers = legacy_call(sessions[0], tool, PAYLOAD)
+        del headers["mcp-session-id"]  # each request takes the next session instead (bench/wrk_post.lua)
+        return f"{url}/mcp", body, headers, sessions
+
     return {
-        "rest": lambda tool: (f"{url}/tools/execute/{tool}", PAYLOAD, {}),
-        "mcp-2026-07-28": lambda tool: (f"{url}/mcp", *modern_call(tool, PAYLOAD)),
-        "mcp-2025-11-25": lambda tool: (f"{url}/mcp", *legacy_call(session, tool, PAYLOAD)),
+        "rest": lambda tool: (f"{url}/tools/execute/{tool}", PAYLOAD, {}, []),
+        "mcp-2026-07-28": lambda tool: (f"{url}/mcp", *modern_call(tool, PAYLOAD), []),
+        "mcp-2025-11-25": legacy,
     }
 
 
@@ -48,12 +56,13 @@ def run(url: str, *, concurrencies: list[int], seconds: float, repeats: int) -> 
         for clients in concurrencies:
             measured: dict[str, list[LoadResult]] = {"local": [], "p2p": []}
             order = ["local", "p2p"]
-            run_wrk(*request(PAIR["local"])[:2], connections=clients, seconds=1, headers=request(PAIR["local"])[2])
+            target, body, headers, sessions = request(PAIR["local"])
+            run_wrk(target, body, connections=clients, seconds=1, headers=headers, sessions=sessions)  # warm-up
             for _ in range(repeats):
                 for runtime in order:
-                    target, body, headers = request(PAIR[runtime])
+                    target, body, headers, sessions = request(PAIR[runtime])
                     measured[runtime].append(
-                        run_wrk(target, body, connections=clients, seconds=seconds, headers=headers)
+                        run_wrk(target, body, connections=clients, seconds=seconds, headers=headers, sessions=sessions)
                     )
                 order.reverse()  # alternate which goes first, so drift hits both
             local, p2p = median_result(measured["local"]), median_result(measured["p2p"])

@@ -47,9 +47,17 @@ class LoadResult:
 
 
 def run_wrk(
-    url: str, body: dict, *, connections: int, seconds: float, headers: dict[str, str] | None = None
+    url: str,
+    body: dict,
+    *,
+    connections: int,
+    seconds: float,
+    headers: dict[str, str] | None = None,
+    sessions: list[str] | None = None,
 ) -> LoadResult:
+    """``sessions``: MCP session ids that successive requests take in turn (one per simulated agent)."""
     env = dict(os.environ)
+    env["WRK_SESSIONS"] = ",".join(sessions or [])
     env["WRK_BODY"] = json.dumps(body)
     env["WRK_HEADERS"] = "\n".join(f"{k}: {v}" for k, v in (headers or {}).items())
     before = resource.getrusage(resource.RUSAGE_CHILDREN)

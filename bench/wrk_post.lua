@@ -8,6 +8,18 @@ for line in string.gmatch(os.getenv("WRK_HEADERS") or "", "[^\n]+") do
   if name then wrk.headers[name] = value end
 end
 
+-- WRK_SESSIONS: MCP session ids ("a,b,c"); requests take them in turn, as many agents with a session each would.
+local sessions = {}
+for id in string.gmatch(os.getenv("WRK_SESSIONS") or "", "[^,]+") do sessions[#sessions + 1] = id end
+if #sessions > 0 then
+  local turn = 0
+  request = function()
+    turn = turn % #sessions + 1
+    wrk.headers["mcp-session-id"] = sessions[turn]
+    return wrk.format()
+  end
+end
+
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
