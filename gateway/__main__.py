@@ -99,6 +99,9 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s gateway %(name)s: %(message)s"
     )
+    if settings.log_level != "debug":
+        # The MCP SDK logs every session it opens and closes at INFO: one line per agent connection.
+        logging.getLogger("mcp.server").setLevel(logging.WARNING)
     # after logging is set up: importing the app is the slow part
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
