@@ -4,6 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# Two test processes (pytest-xdist, one per core of the reference machine); a module's tests stay together so
+# module-scoped process stacks start once. TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 2
 
 BENCH_STAMP := $(VENV)/.bench-installed
 
@@ -22,7 +25,7 @@ run: setup
 	$(BIN)/python -m supervisor
 
 test: setup lint deploy-tools
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # systemd-analyze, for the unit checks in tests/test_deploy_files.py.
 deploy-tools:

@@ -7,6 +7,7 @@ failure prints the log tail.  Processes are stopped by their pid, always.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -24,10 +25,32 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 
 
+_PORT_BLOCK = 4000
+_PORT_BASE = 20000
+"""Ports are handed out below the kernel's ephemeral range (32768 and up here), so an outgoing connection
+never takes one between free_port() and the bind, and each pytest-xdist worker gets its own block, so two
+workers never hand out the same port."""
+_next_port = itertools.count()
+
+
+def _port_block() -> int:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    index = int(worker) if worker.isdigit() else 0
+    return _PORT_BASE + (index % 3) * _PORT_BLOCK
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A TCP port on 127.0.0.1 that nothing listens on now and that this process has not handed out before."""
+    base = _port_block()
+    for _ in range(_PORT_BLOCK):
+        port = base + next(_next_port) % _PORT_BLOCK
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {base}-{base + _PORT_BLOCK - 1}")
 
 
 def http_json(
