@@ -23,7 +23,7 @@ pytest.importorskip("atheris", reason="atheris has wheels for Linux x86_64 only"
 
 RUNS = 1_000_000
 SECONDS = 10
-P2P_SECONDS = 6
+P2P_SECONDS = 5
 
 
 def _seeds() -> list[bytes]:

@@ -21,12 +21,12 @@ FAULTS = (
     Fault("kill9", "b", 1.0),
     Fault("sigterm", "c", 0.5),
     Fault("kill9", "a", 1.0),
-    Fault("partition", "b", 4.0),
+    Fault("partition", "b", 3.0),
 )
 
 
 def test_no_accepted_task_is_lost_or_finished_twice_through_kills_a_partition_and_a_sigterm(tmp_path: Path) -> None:
-    result = run(tmp_path, tasks=300, faults=FAULTS, lease_s=2.0, grace_s=0.3, settle_s=2.5, drain_timeout=120)
+    result = run(tmp_path, tasks=300, faults=FAULTS, lease_s=2.0, grace_s=0.3, settle_s=2.0, drain_timeout=120)
     print_report(result)
     assert result["partition_by"] == ("netns" if NetnsLab.available() is None else result["partition_by"])
     assert result["accepted"] == result["stored"] == result["results_recorded"] == 300
