@@ -12,10 +12,19 @@ as a second host would (per-client limits apply to it, not to the client):
   second); bodies and heads far over the limits (declared, chunked, streamed);
 * bridge port (ZeroMQ, raw TCP): garbage; ZMTP greetings cut short and held
   open; a valid NULL handshake followed by a frame header announcing 1 TiB;
-* sidecar admin port: garbage, slowloris heads, oversize heads.
+* sidecar admin port: garbage, slowloris heads, oversize heads;
+* the sidecar's libp2p port (``bench/attack_libp2p.py``): garbage before any
+  handshake, Noise handshakes cut short and held, half-open connections, and,
+  from a real libp2p peer after a complete handshake, oversize, garbage and
+  malformed frames on our protocol, members-only ops, hundreds of idle
+  streams, and a stream of fresh-key handshakes.
 
-The well-behaved client calls a local tool and a P2P tool through the REST
-face, a P2P tool through /mcp, and the sidecar's admin /health, in a loop.
+The network is closed (a network secret): a second node, a member, sits
+beside the attacked one.  The well-behaved client calls a local tool and a
+P2P tool through the REST face, a P2P tool through /mcp, the sidecar's admin
+/health, a remote tool call from the second node to the attacked one over
+libp2p, and a task submitted to the attacked node that only the second node
+may run (it claims it over libp2p), in a loop.
 Its success rate and latency per phase, the attacker's tallies, and each
 process's RSS are printed (and written as JSON with --json).  The test
 ``tests/test_socket_attacks.py`` runs a shorter version and asserts on it.
@@ -35,12 +44,14 @@ import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.stack import bench_stack, modern_call
-from tests.procs import Proc
+from bench import attack_libp2p
+from bench.stack import modern_call
+from tests.procs import Peer, Proc, p2p_network, running_network, wait_for
 
 ATTACKER_ADDRESS = "127.0.0.2"
 ZMTP_NULL_GREETING = b"\xff" + b"\x00" * 8 + b"\x7f" + b"\x03\x00" + b"NULL".ljust(20, b"\x00") + b"\x00" + b"\x00" * 31
@@ -59,12 +70,24 @@ class Sample:
     seconds: float
 
 
+@dataclass(frozen=True)
+class P2PTarget:
+    """The attacked node's libp2p side, and the member node the polite client uses to reach it."""
+
+    multiaddr: str
+    port: int
+    peer_id: str
+    member_gateway_port: int
+    member_peer_id: str
+
+
 @dataclass
 class Client:
     """One thread, keep-alive connections, a short pause between rounds: what a polite agent looks like."""
 
     gateway_port: int
     admin_port: int
+    p2p: P2PTarget | None = None
     phase: str = "before"
     samples: list[Sample] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
@@ -81,6 +104,12 @@ class Client:
             if "data:" in text:
                 text = next(line[5:] for line in text.splitlines() if line.startswith("data:"))
             return "error" not in json.loads(text) and not json.loads(text)["result"].get("isError")
+        if path == "/tools/execute/task_submit":  # the task must also run, on the member node, and come back
+            task_id = json.loads(data)["result"]["task_id"]
+            return self._call(conn, "POST", "/tools/execute/task_wait", {"task_id": task_id, "timeout_s": 10}, {})
+        if path == "/tools/execute/task_wait":
+            result = json.loads(data)["result"]
+            return result["status"] == "completed" and result["executed_by"] == self.p2p.member_peer_id  # type: ignore[union-attr]
         return True
 
     def run(self) -> None:
@@ -93,18 +122,27 @@ class Client:
             ("mcp_p2p", gateway, "POST", "/mcp", mcp_body, mcp_headers),
             ("admin", admin, "GET", "/health", None, {}),
         ]
+        connections = [gateway, admin]
+        if self.p2p is not None:
+            member = http.client.HTTPConnection("127.0.0.1", self.p2p.member_gateway_port, timeout=15)
+            connections.append(member)
+            remote = {"tool_name": "hash_content", "args": {"data": "polite"}, "remote_peer_id": self.p2p.peer_id}
+            placed = {"placement": {"peer": self.p2p.member_peer_id}}
+            task = {"task_type": "echo", "payload": "polite", "metadata": placed}
+            calls.append(("libp2p_remote_call", member, "POST", "/tools/execute/p2p_remote_call_tool", remote, {}))
+            calls.append(("libp2p_task", gateway, "POST", "/tools/execute/task_submit", task, {}))
         while not self.stop.is_set():
             for kind, conn, method, path, body, headers in calls:
                 started = time.perf_counter()
                 try:
                     ok = self._call(conn, method, path, body, headers)
-                except (OSError, http.client.HTTPException, ValueError):
+                except (OSError, http.client.HTTPException, ValueError, KeyError):
                     ok = False
                     conn.close()  # reconnects on the next request
                 self.samples.append(Sample(self.phase, kind, ok, time.perf_counter() - started))
             self.stop.wait(0.02)
-        gateway.close()
-        admin.close()
+        for conn in connections:
+            conn.close()
 
 
 def summarize(samples: list[Sample]) -> dict[str, dict[str, float]]:
@@ -290,6 +328,9 @@ async def _attack(ports: dict[str, int], slow: int, seconds: float) -> dict[str,
     for _ in range(slow // 2):
         tasks.append(asyncio.create_task(zmtp_partial("bridge_partial_greeting", bridge, tally, stop)))
         tasks.append(asyncio.create_task(slowloris("admin_slowloris", admin, ATTACKER_ADDRESS, tally, stop)))
+    if "p2p" in ports:
+        tasks.append(asyncio.create_task(garbage("p2p_garbage", ports["p2p"], ATTACKER_ADDRESS, tally, stop)))
+        tasks.extend(attack_libp2p.raw_tasks(ports["p2p"], slow, tally, stop, ATTACKER_ADDRESS))
     await asyncio.sleep(seconds)
     stop.set()
     _done, pending = await asyncio.wait(tasks, timeout=5)
@@ -303,6 +344,53 @@ def _attacker_process(ports: dict[str, int], slow: int, seconds: float, results:
     results.put(asyncio.run(_attack(ports, slow, seconds)))
 
 
+# -- the stack ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AttackedStack:
+    gateway: Proc
+    sidecar: Proc
+    p2p: P2PTarget
+
+
+@contextlib.contextmanager
+def attack_network(
+    tmp: Path, *, sidecar_env: dict[str, str] | None = None, **gateway_env: str
+) -> Iterator[AttackedStack]:
+    """Node a (attacked: gateway + sidecar) and node b (a member, with its own gateway) in a closed network.
+
+    a serves ``hash_content`` to members, and the polite client's tasks are placed on b, so they run only
+    after b claimed them over libp2p; both hold the same network secret, so a stranger is refused everything
+    but hello and ping.
+    """
+    (tmp / "network.secret").write_text(os.urandom(32).hex())
+    peers = p2p_network(
+        tmp,
+        ["a", "b"],
+        bootstrap={"b": ["a"]},
+        gateways=("a", "b"),
+        env={"a": {"SIDECAR_REMOTE_TOOLS_ALLOW": "hash_content", **(sidecar_env or {})}},
+        gateway_env={"GATEWAY_LOG_LEVEL": "warning", **gateway_env},
+        SIDECAR_NETWORK_SECRET_FILE=str(tmp / "network.secret"),
+        SIDECAR_LOG_LEVEL="warning",
+    )
+    a, b = peers["a"], peers["b"]
+    with running_network(peers):
+        wait_for(lambda: _member_of(a, b), 30, 0.2, what="b a connected member of a")
+        assert a.gateway is not None and b.gateway is not None
+        target = P2PTarget(a.multiaddr, a.sidecar.extra["p2p_port"], a.peer_id, b.gateway.extra["port"], b.peer_id)
+        yield AttackedStack(a.gateway, a.sidecar, target)
+
+
+def _member_of(owner: Peer, other: Peer) -> bool:
+    status, body = owner.tool("peer_list", {"status_filter": "connected"})
+    return status == 200 and any(
+        peer["peer_id"] == other.peer_id and peer["member"] and "echo" in peer["capabilities"].get("task_types", [])
+        for peer in body["result"]["peers"]
+    )
+
+
 # -- the run ------------------------------------------------------------------------------------------------
 
 
@@ -314,11 +402,23 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
-def run(gateway: Proc, sidecar: Proc, *, before: float, attack: float, after: float, slow: int) -> dict[str, Any]:
-    """Run the three phases against a started gateway + sidecar; returns everything measured."""
+def run(
+    gateway: Proc,
+    sidecar: Proc,
+    *,
+    before: float,
+    attack: float,
+    after: float,
+    slow: int,
+    p2p: P2PTarget | None = None,
+    idle_streams: int = 300,
+) -> dict[str, Any]:
+    """Run the three phases against a started gateway + sidecar (and its libp2p port); returns everything measured."""
     bridge_port = int(sidecar.extra["endpoint"].rsplit(":", 1)[1])
     ports = {"http": gateway.extra["port"], "bridge": bridge_port, "admin": sidecar.extra["admin_port"]}
-    client = Client(gateway.extra["port"], sidecar.extra["admin_port"])
+    if p2p is not None:
+        ports["p2p"] = p2p.port
+    client = Client(gateway.extra["port"], sidecar.extra["admin_port"], p2p)
     thread = threading.Thread(target=client.run, name="polite-client")
     rss = {"before": {"gateway": rss_mib(gateway.pid), "sidecar": rss_mib(sidecar.pid)}}
     thread.start()
@@ -329,6 +429,14 @@ def run(gateway: Proc, sidecar: Proc, *, before: float, attack: float, after: fl
         results = context.Queue()
         attacker = context.Process(target=_attacker_process, args=(ports, slow, attack, results), name="attacker")
         attacker.start()
+        p2p_attacker = None
+        if p2p is not None:
+            p2p_attacker = context.Process(
+                target=attack_libp2p.p2p_attacker_process,
+                args=(p2p.multiaddr, attack, idle_streams, results),
+                name="libp2p-attacker",
+            )
+            p2p_attacker.start()
         peak = {"gateway": 0.0, "sidecar": 0.0}
         deadline = time.monotonic() + attack
         while time.monotonic() < deadline:
@@ -339,6 +447,9 @@ def run(gateway: Proc, sidecar: Proc, *, before: float, attack: float, after: fl
             }
         tallies = results.get(timeout=60)
         attacker.join(timeout=30)
+        if p2p_attacker is not None:
+            tallies = dict(sorted({**tallies, **results.get(timeout=60)}.items()))
+            p2p_attacker.join(timeout=30)
         rss["attack_peak"] = peak
         client.phase = "after"
         time.sleep(after)
@@ -350,7 +461,7 @@ def run(gateway: Proc, sidecar: Proc, *, before: float, attack: float, after: fl
         "client": summarize(client.samples),
         "client_by_kind": {
             kind: summarize([sample for sample in client.samples if sample.kind == kind])
-            for kind in ("local", "p2p", "mcp_p2p", "admin")
+            for kind in sorted({sample.kind for sample in client.samples})
         },
         "attacker": tallies,
         "rss_mib": rss,
@@ -360,7 +471,7 @@ def run(gateway: Proc, sidecar: Proc, *, before: float, attack: float, after: fl
 
 
 def print_report(result: dict[str, Any]) -> None:
-    print("well-behaved client (REST local, REST P2P, /mcp P2P, admin /health in a loop):")
+    print("well-behaved client (REST local, REST P2P, /mcp P2P, admin /health, libp2p remote call and task):")
     print(f"  {'phase':8} {'requests':>8} {'success':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
     for phase in ("before", "attack", "after"):
         row = result["client"].get(phase)
@@ -368,6 +479,14 @@ def print_report(result: dict[str, Any]) -> None:
             print(
                 f"  {phase:8} {row['requests']:8d} {row['success_rate']:8.2%} {row['p50_ms']:8.1f} "
                 f"{row['p99_ms']:8.1f} {row['max_ms']:8.1f}"
+            )
+    print("by kind under attack:")
+    for kind, rows in result["client_by_kind"].items():
+        row = rows.get("attack")
+        if row:
+            print(
+                f"  {kind:20} {row['requests']:6d} {row['success_rate']:8.2%} p50 {row['p50_ms']:7.1f} ms, "
+                f"p99 {row['p99_ms']:7.1f} ms"
             )
     print("attacker tallies (attack:outcome -> count):")
     for key, count in result["attacker"].items():
@@ -382,10 +501,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=30.0, help="length of the attack phase")
     parser.add_argument("--after", type=float, default=5.0)
     parser.add_argument("--slow", type=int, default=200, help="slowloris connections held against the gateway")
+    parser.add_argument("--idle-streams", type=int, default=300, help="idle streams the libp2p attacker holds")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="mcp-p2p-attack-") as tmp, bench_stack(Path(tmp)) as (gateway, sidecar):
-        result = run(gateway, sidecar, before=args.before, attack=args.seconds, after=args.after, slow=args.slow)
+    with tempfile.TemporaryDirectory(prefix="mcp-p2p-attack-") as tmp, attack_network(Path(tmp)) as target:
+        result = run(
+            target.gateway,
+            target.sidecar,
+            before=args.before,
+            attack=args.seconds,
+            after=args.after,
+            slow=args.slow,
+            p2p=target.p2p,
+            idle_streams=args.idle_streams,
+        )
     print_report(result)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))

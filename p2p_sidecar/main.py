@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sqlite3
 import time
 from typing import Any
 
@@ -54,8 +55,14 @@ def prepare_data_dir(settings: SidecarSettings) -> None:
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as exc:
         raise SidecarStartupError(f"SIDECAR_DATA_DIR {path} cannot be created: {exc.strerror}") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise SidecarStartupError(f"SIDECAR_DATA_DIR {path} is not writable by this user")
+    # A real write, not os.access: access() answers for permissions, but a read-only mount, a full disk or an
+    # immutable directory show up only when a file is actually created.
+    probe = path / f".write-probe-{os.getpid()}"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.unlink(probe)
+    except OSError as exc:
+        raise SidecarStartupError(f"SIDECAR_DATA_DIR {path} is not writable: {exc.strerror}") from None
 
 
 class Sidecar:
@@ -87,10 +94,19 @@ class Sidecar:
         register_remote_tools(self.catalog, self.node)
         try:
             # The queue serves its queue.* ops on the node and advertises the task types its workers run.
-            self.queue = QueueService(settings, rpc=NodePeerRpc(self.node), call_gateway=self.bridge.call_gateway)
+            self.queue = QueueService(
+                settings,
+                rpc=NodePeerRpc(self.node),
+                call_gateway=self.bridge.call_gateway,
+                on_limit=lambda limit: self.metrics.limit_rejections.labels(limit).inc(),
+            )
         except StoreStartupError as exc:
             raise SidecarStartupError(str(exc)) from None
-        self.workflows = WorkflowEngine(self.queue)
+        try:
+            self.workflows = WorkflowEngine(self.queue)
+        except sqlite3.Error as exc:
+            self.queue.store.close()
+            raise SidecarStartupError(f"the task queue database {self.queue.store.path}: {exc}") from None
         register_queue_tools(self.catalog, self.queue)
         register_workflow_tools(self.catalog, self.workflows)
 
@@ -184,7 +200,7 @@ async def run(settings: SidecarSettings) -> None:
     sidecar = Sidecar(settings)
     try:
         await sidecar.serve()
-    except* (NodeStartupError, BridgeStartupError) as group:
+    except* (NodeStartupError, BridgeStartupError, StoreStartupError) as group:
         # Trio wraps a child's start-up failure in (nested) exception groups; report the first one plainly.
         raise SidecarStartupError(str(_first_leaf(group))) from None
 

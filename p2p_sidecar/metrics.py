@@ -41,7 +41,7 @@ class SidecarMetrics:
         )
         self.limit_rejections = Counter(
             "sidecar_limit_rejections_total",
-            "Bridge calls refused because they passed a configured limit, by limit.",
+            "Bridge calls refused, and peers' task claims cut short, because they passed a configured limit, by limit.",
             ["limit"],
             registry=self.registry,
         )

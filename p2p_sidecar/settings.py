@@ -12,7 +12,8 @@ from typing import Annotated, Literal, Self
 from pydantic import AfterValidator, BeforeValidator, Field, FilePath, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from p2p_sidecar.node.addresses import check_announce_addr, check_bootstrap_addr, check_listen_addr
+from p2p_sidecar.node.addresses import check_announce_addr, check_bootstrap_addr, check_listen_addr, check_peer_id
+from p2p_sidecar.node.membership import SecretFileError, read_secret
 from shared_schema.limits import DEFAULT_MAX_ARGUMENT_DEPTH
 from shared_schema.settings_types import CommaList, Endpoint, check_tool_dirs, endpoint_is_loopback, split_list
 
@@ -22,6 +23,7 @@ AnnounceAddrs = Annotated[
 ]
 PeerAddrs = Annotated[list[Annotated[str, AfterValidator(check_bootstrap_addr)]], NoDecode, BeforeValidator(split_list)]
 """Lists of multiaddrs, written like every list setting (``a,b`` or a JSON list), each entry checked at start."""
+PeerIds = Annotated[list[Annotated[str, AfterValidator(check_peer_id)]], NoDecode, BeforeValidator(split_list)]
 
 
 PEER_MESSAGE_FRAMING_BYTES = 64 * 1024
@@ -91,6 +93,12 @@ class SidecarSettings(BaseSettings):
         100_000, ge=1, description="Queued tasks allowed; past it task_submit answers 'queue full' (busy)."
     )
     queue_claim_batch: int = Field(32, ge=1, le=256, description="Most tasks a worker claims in one request.")
+    queue_max_leases_per_peer: int = Field(
+        1024,
+        ge=1,
+        description="Tasks one other peer may hold (running) from this node at once; past it its claims get "
+        "nothing more.",
+    )
     task_max_result_bytes: int = Field(
         1 << 20, ge=64, description="Largest task result stored; larger ones fail the task (too_large)."
     )
@@ -146,6 +154,48 @@ class SidecarSettings(BaseSettings):
     p2p_max_inbound_requests: int = Field(
         256, ge=1, description="Requests from peers running at once before new ones get 'busy'."
     )
+    p2p_max_inbound_streams_per_peer: int = Field(
+        64,
+        ge=4,
+        le=4096,
+        description="Streams of our protocol one peer may hold open to this node; more are reset at once.",
+    )
+    p2p_handshake_timeout: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="Seconds a libp2p connection may take to finish Noise + Yamux (and a stream its protocol "
+        "negotiation); then it is dropped.",
+    )
+    p2p_max_connections: int = Field(
+        300,
+        ge=8,
+        le=100_000,
+        description="libp2p connections in total; at most five sixths of them inbound (the rest stay free for "
+        "this node's own dials); past it new ones are closed at once.",
+    )
+
+    # -- who belongs to this node's network (p2p_sidecar/node/membership.py) --
+    peer_allowlist: PeerIds = Field(
+        default_factory=list,
+        description="Peer ids that may claim this node's tasks, send it work and call its tools "
+        "(empty: any peer, unless SIDECAR_NETWORK_SECRET_FILE is set).",
+    )
+    network_secret_file: FilePath | None = Field(
+        None,
+        description="File with this network's shared secret (16+ bytes); peers must prove it in hello "
+        "(HMAC, the secret never travels) to claim tasks or call tools.",
+    )
+
+    @field_validator("network_secret_file")
+    @classmethod
+    def _secret_readable(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            try:
+                read_secret(value)
+            except SecretFileError as exc:
+                raise ValueError(str(exc)) from None
+        return value
 
     @field_validator("p2p_max_message_bytes")
     @classmethod

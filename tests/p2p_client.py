@@ -8,7 +8,7 @@ libp2p host of their own, run in the test process with ``trio.run``.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import multiaddr
 import trio
@@ -19,7 +19,7 @@ from libp2p.network.stream.exceptions import StreamEOF, StreamError
 from libp2p.peer.peerinfo import info_from_p2p_addr
 
 from p2p_sidecar.node.libp2p_host import remove_connect_delay
-from p2p_sidecar.node.wire import PROTOCOL_ID
+from p2p_sidecar.node.wire import PROTOCOL_ID, FrameReader, Reply, Request, decode, encode
 
 T = TypeVar("T")
 Opener = Callable[[], Awaitable[INetStream]]
@@ -74,3 +74,23 @@ async def writable(stream: INetStream) -> bool:
     except StreamError:
         return False
     return True
+
+
+def ask(target: str, requests: list[tuple[str, dict[str, Any]]], *, timeout: float = 30.0) -> list[Reply]:
+    """Connect to ``target`` as a stranger (a fresh key) and send each ``(op, args)`` in turn on one stream."""
+
+    async def scenario(open_stream: Opener) -> list[Reply]:
+        stream = await open_stream()
+        reader, replies = FrameReader(1 << 24), []
+        for request_id, (op, args) in enumerate(requests, 1):
+            await stream.write(encode(Request(request_id, op, args, 5.0), 1 << 24))
+            frames: list[bytes] = []
+            while not frames:
+                frames = reader.feed(await stream.read(65536))
+            reply = decode(frames[0])
+            assert isinstance(reply, Reply), reply
+            replies.append(reply)
+        await stream.close()
+        return replies
+
+    return run_client(target, scenario, timeout=timeout)

@@ -86,11 +86,13 @@ class Proc:
     health_url: str
     popen: subprocess.Popen[bytes] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    prefix: list[str] = field(default_factory=list)
+    """Run through this first, e.g. ``ip netns exec NS`` (which execs, so the pid is still the process's)."""
 
     def start(self, *, wait: bool = True, timeout: float = 30.0) -> Proc:
         log = self.log_path.open("ab")
         self.popen = subprocess.Popen(
-            [sys.executable, *self.args], env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
+            [*self.prefix, sys.executable, *self.args], env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
         )
         log.close()
         if wait:
@@ -257,14 +259,16 @@ class Peer:
     sidecar: Proc
     peer_id: str
     gateway: Proc | None = None
+    host: str = "127.0.0.1"
+    """Where its sockets listen (another address in a network namespace)."""
 
     @property
     def multiaddr(self) -> str:
-        return f"/ip4/127.0.0.1/tcp/{self.sidecar.extra['p2p_port']}/p2p/{self.peer_id}"
+        return f"/ip4/{self.host}/tcp/{self.sidecar.extra['p2p_port']}/p2p/{self.peer_id}"
 
     @property
     def admin(self) -> str:
-        return f"http://127.0.0.1:{self.sidecar.extra['admin_port']}"
+        return f"http://{self.host}:{self.sidecar.extra['admin_port']}"
 
     def procs(self) -> list[Proc]:
         return [self.sidecar] + ([self.gateway] if self.gateway else [])

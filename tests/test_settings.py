@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
 from gateway.settings import GatewaySettings
 from p2p_sidecar.settings import SidecarSettings
-from shared_schema.settings_types import endpoint_is_loopback
+from shared_schema.settings_types import describe_settings_error, endpoint_is_loopback
 from tests.procs import ROOT, base_env
 
 
@@ -60,6 +61,8 @@ def test_loopback_detection() -> None:
         ("p2p_sidecar", "SIDECAR_LOG_LEVEL", "loud"),
         ("p2p_sidecar", "SIDECAR_QUEUE_SYNC", "sometimes"),
         ("p2p_sidecar", "SIDECAR_P2P_MAX_MESSAGE_BYTES", "1048576"),  # below one 1 MiB task as msgpack + framing
+        ("p2p_sidecar", "SIDECAR_PEER_ALLOWLIST", "12D3KooWgood,not a peer id"),
+        ("p2p_sidecar", "SIDECAR_NETWORK_SECRET_FILE", "/nonexistent/network.secret"),
     ],
 )
 def test_bad_value_stops_the_process_with_one_line(module: str, variable: str, value: str) -> None:
@@ -69,6 +72,15 @@ def test_bad_value_stops_the_process_with_one_line(module: str, variable: str, v
     assert done.returncode == 2
     lines = done.stderr.decode().strip().splitlines()
     assert len(lines) == 1 and variable in lines[0], lines
+
+
+def test_a_short_network_secret_is_refused_without_showing_it(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("hunter2\n")
+    with pytest.raises(ValidationError) as info:
+        SidecarSettings(network_secret_file=secret)
+    line = describe_settings_error(info.value, "SIDECAR_")
+    assert "SIDECAR_NETWORK_SECRET_FILE" in line and "at least 16" in line and "hunter2" not in line
 
 
 @pytest.mark.parametrize("module", ["gateway", "p2p_sidecar", "supervisor"])

@@ -17,6 +17,7 @@ tool calls, see ``remote_tools.py``).  Other subsystems add their own with
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
@@ -37,8 +38,9 @@ from p2p_sidecar.node.addresses import PeerAddr, parse_multiaddr, parse_peer_add
 from p2p_sidecar.node.capabilities import Capabilities
 from p2p_sidecar.node.connections import Backoff, ConnectionManager
 from p2p_sidecar.node.liveness import LivenessPolicy, LivenessService
+from p2p_sidecar.node.membership import Membership, Offer, SecretFileError, read_secret
 from p2p_sidecar.node.metrics import NodeMetrics
-from p2p_sidecar.node.peer_store import PeerStore
+from p2p_sidecar.node.peer_store import PeerStore, PeerStoreError
 from p2p_sidecar.node.peers import LIVE_STATES, PeerRecord, PeerState, PeerTable
 from p2p_sidecar.node.remote_tools import RemoteToolServer
 from p2p_sidecar.node.rpc_client import RpcClient
@@ -77,6 +79,18 @@ class Node:
         except identity.IdentityError as exc:
             raise NodeStartupError(str(exc)) from None
         self.peer_id = libp2p_host.peer_id_of(self.key_pair)
+        secret = None
+        if settings.network_secret_file is not None:
+            try:
+                secret = read_secret(settings.network_secret_file)
+            except SecretFileError as exc:
+                raise NodeStartupError(f"SIDECAR_NETWORK_SECRET_FILE: {exc}") from None
+        self.membership = Membership(
+            self.peer_id,
+            allowlist=settings.peer_allowlist,
+            secret=secret,
+            on_refused=lambda reason: metrics.refused.labels(reason).inc(),
+        )
         self.table = PeerTable(self.peer_id, settings.max_known_peers)
         metrics.bind_table(self.table)
         self.capabilities = Capabilities(settings.remote_tools_allow, gateway_tools)
@@ -84,8 +98,10 @@ class Node:
         self.rpc = RpcServer(
             max_bytes=settings.p2p_max_message_bytes,
             max_in_flight=settings.p2p_max_inbound_requests,
+            max_streams_per_peer=settings.p2p_max_inbound_streams_per_peer,
             metrics=metrics,
             on_request=self._on_inbound_request,
+            gate=self.membership.refusal,
         )
         self.client = RpcClient(
             self._open_stream,
@@ -131,7 +147,10 @@ class Node:
         bootstrap = self._configured_bootstrap()
         libp2p_host.remove_connect_delay()
         libp2p_host.batch_window_updates()
-        store = PeerStore.open(self.settings.data_dir)
+        try:
+            store = PeerStore.open(self.settings.data_dir)
+        except PeerStoreError as exc:
+            raise NodeStartupError(str(exc)) from None
         self._store = store
         try:
             for record in store.load():
@@ -139,7 +158,11 @@ class Node:
             for peer, origin in bootstrap:
                 self.add_bootstrap(peer, origin)
             host = libp2p_host.build_host(
-                self.key_pair, announce=self.settings.announce_addrs, enable_mdns=self.settings.mdns
+                self.key_pair,
+                announce=self.settings.announce_addrs,
+                enable_mdns=self.settings.mdns,
+                handshake_timeout=self.settings.p2p_handshake_timeout,
+                max_connections=self.settings.p2p_max_connections,
             )
             listen = [multiaddr.Multiaddr(addr) for addr in self.settings.listen_addrs]
             async with host.run(listen):
@@ -161,6 +184,7 @@ class Node:
         self.listen_addrs = bound
         self.started_at = time.time()
         log.info("libp2p node %s listening on %s", self.peer_id, ", ".join(bound))
+        log.log(logging.INFO if self.membership.closed else logging.WARNING, "%s", self.membership.describe())
         async with trio.open_nursery() as nursery:
             await nursery.start(self.liveness.run)
             await nursery.start(self.exchange.run)
@@ -197,15 +221,23 @@ class Node:
 
     # -- persistence ------------------------------------------------------------------------
     def _save(self) -> None:
+        """Write peer state; a failing disk is logged and retried at the next flush (it is a cache), never fatal."""
         if self._store is not None:
             evicted, self.table.evicted = self.table.evicted, []
-            for peer_id in evicted:
-                self._store.forget(peer_id)
-            self._store.save(self.table)
+            try:
+                for peer_id in evicted:
+                    self._store.forget(peer_id)
+                self._store.save(self.table)
+            except sqlite3.Error as exc:
+                self.table.evicted.extend(evicted)
+                log.warning("saving peer state to %s failed (kept in memory, retried): %s", self._store.path, exc)
 
     async def _flush_loop(self) -> None:
         assert self._store is not None
-        self._store.prune()
+        try:
+            self._store.prune()
+        except sqlite3.Error as exc:
+            log.warning("pruning old latency samples failed: %s", exc)
         while True:
             await trio.sleep(FLUSH_EVERY)
             self._save()
@@ -325,22 +357,33 @@ class Node:
         self.connections.wake()
 
     # -- hello ------------------------------------------------------------------------------------
-    def hello_body(self) -> dict[str, Any]:
+    def hello_body(self, *, member: bool = True) -> dict[str, Any]:
+        """Who this node is; a peer outside a closed network is not told what it serves."""
+        capabilities = self.capabilities.snapshot() if member else {"tools": [], "task_types": []}
         return {
             "version": __version__,
             "wire_version": WIRE_VERSION,
             "addrs": self.advertised_addrs(),
-            "capabilities": self.capabilities.snapshot(),
+            "capabilities": capabilities,
             "capabilities_revision": self.capabilities.revision,
         }
 
     async def _hello(self, peer_id: str, timeout: float) -> None:
-        reply = await self.client.request(peer_id, "hello", self.hello_body(), timeout=timeout, idempotent=True)
+        offer: Offer | None = self.membership.offer(peer_id)
+        body = self.hello_body()
+        if offer is not None:
+            body["auth"] = offer.wire
+        reply = await self.client.request(peer_id, "hello", body, timeout=timeout, idempotent=True)
+        self.membership.check_reply(peer_id, reply.get("auth") if isinstance(reply, dict) else None, offer)
         self._apply_hello(peer_id, reply, source="dialled")
 
     async def _op_hello(self, context: RpcContext, args: dict[str, Any]) -> dict[str, Any]:
+        answer = self.membership.check_request(context.peer_id, args.get("auth"))
         self._apply_hello(context.peer_id, args, source="inbound")
-        return self.hello_body()
+        body = self.hello_body(member=self.membership.admits(context.peer_id))
+        if answer is not None:
+            body["auth"] = answer
+        return body
 
     def _apply_hello(self, peer_id: str, body: Any, *, source: str) -> None:
         if not isinstance(body, dict):
@@ -440,6 +483,14 @@ class Node:
             "target_connections": self.settings.target_connections,
             "mdns": self.settings.mdns,
             "started_at": self.started_at,
+            "membership": {
+                "closed": self.membership.closed,
+                "allowlist": len(self.settings.peer_allowlist),
+                "network_secret": self.membership.uses_secret,
+                "members_connected": sum(
+                    self.membership.admits(record.peer_id) for record in self.table.in_state(PeerState.CONNECTED)
+                ),
+            },
         }
 
     def summary(self) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Building the py-libp2p host, and the two workarounds it needs in 0.8.1.
+"""Building the py-libp2p host: its connection limits, and the two workarounds it needs in 0.8.1.
 
 The node uses exactly one host for its whole life: TCP transport, Noise
 security (the only one offered: no plaintext, no secio), Yamux
@@ -19,7 +19,7 @@ from libp2p import new_swarm
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.host.basic_host import BasicHost
-from libp2p.network.config import RetryConfig
+from libp2p.network.config import LOW_WATERMARK, ConnectionConfig, RetryConfig
 from libp2p.peer.id import ID
 from libp2p.rcmgr import new_resource_manager
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
@@ -68,14 +68,47 @@ def batch_window_updates() -> None:
     os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
 
 
-def build_host(key_pair: KeyPair, *, announce: Sequence[str], enable_mdns: bool) -> BasicHost:
+def connection_config(*, handshake_timeout: float, max_connections: int) -> ConnectionConfig:
+    """py-libp2p's connection limits, from SIDECAR_P2P_HANDSHAKE_TIMEOUT and SIDECAR_P2P_MAX_CONNECTIONS.
+
+    py-libp2p 0.8.1 already bounds what an attacker can hold, but with fixed
+    defaults: every inbound connection, from its first byte to its close,
+    takes one of ``max_connections - min_connections`` slots (250; past them
+    new ones are closed at once), and one that has not finished Noise + Yamux
+    within ``inbound_upgrade_timeout`` (10 s) is dropped, as is a stream that
+    has not finished its protocol negotiation.  This exposes both as settings.
+    ``min_connections`` is a sixth of the total (py-libp2p's own 50 of 300)
+    and the watermarks follow, as its configuration requires.
+    """
+    timeout = float(handshake_timeout)
+    return ConnectionConfig(
+        max_connections=max_connections,
+        min_connections=max_connections // 6,
+        low_watermark=min(LOW_WATERMARK, max_connections),
+        high_watermark=max_connections,
+        inbound_upgrade_timeout=timeout,
+        outbound_upgrade_timeout=timeout,
+        # py-libp2p truncates this one to whole seconds, and treats 0 as "use the default"
+        inbound_stream_protocol_negotiation_timeout=max(1.0, timeout),
+    )
+
+
+def build_host(
+    key_pair: KeyPair,
+    *,
+    announce: Sequence[str],
+    enable_mdns: bool,
+    handshake_timeout: float = 10.0,
+    max_connections: int = 300,
+) -> BasicHost:
     """A host that has not started yet; ``host.run(listen_addrs)`` starts it.
 
-    Built from ``new_swarm`` + ``BasicHost`` rather than ``new_host`` for two
+    Built from ``new_swarm`` + ``BasicHost`` rather than ``new_host`` for three
     settings ``new_host`` does not pass through: Noise as the only security
-    transport, and no dial retries inside the swarm (``RetryConfig(0)``): the
+    transport, no dial retries inside the swarm (``RetryConfig(0)``: the
     node's connection manager owns retrying, with its own backoff, and a
-    peer_connect call states its own retry_count.
+    peer_connect call states its own retry_count), and the connection limits
+    of ``connection_config``.
     """
     resource_manager = new_resource_manager()
     noise = NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
@@ -84,6 +117,7 @@ def build_host(key_pair: KeyPair, *, announce: Sequence[str], enable_mdns: bool)
         sec_opt={NOISE_PROTOCOL_ID: noise},
         muxer_preference="YAMUX",
         retry_config=RetryConfig(max_retries=0),
+        connection_config=connection_config(handshake_timeout=handshake_timeout, max_connections=max_connections),
         resource_manager=resource_manager,
     )
     static = [multiaddr.Multiaddr(addr) for addr in announce]

@@ -30,6 +30,13 @@ class NodeMetrics:
             ["reason"],
             registry=registry,
         )
+        self.refused = Counter(
+            "sidecar_p2p_refused_total",
+            "Requests from peers outside this node's network (allowlist / network secret), refused 'forbidden', "
+            "by reason.",
+            ["reason"],
+            registry=registry,
+        )
         self.dials = Counter(
             "sidecar_p2p_dials_total", "Dials to peers (connect + hello), by outcome.", ["outcome"], registry=registry
         )

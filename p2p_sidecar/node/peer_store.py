@@ -53,6 +53,10 @@ CREATE INDEX IF NOT EXISTS latency_samples_by_peer ON latency_samples (peer_id, 
 """
 
 
+class PeerStoreError(RuntimeError):
+    """The peer database cannot be opened; the message says which file and why."""
+
+
 class PeerStore:
     def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
         self._db = connection
@@ -61,16 +65,26 @@ class PeerStore:
 
     @classmethod
     def open(cls, data_dir: Path) -> PeerStore:
+        """Open (or create) the database; raises ``PeerStoreError`` if it cannot be used at all.
+
+        A file that is not a readable database is moved aside (never deleted); one that is merely
+        locked or on a failing disk (``OperationalError``) is left alone and stops the start.
+        """
         path = data_dir / DB_FILE
         try:
             return cls(_connect(path), path)
+        except sqlite3.OperationalError as exc:
+            raise PeerStoreError(f"cannot open the peer database {path}: {exc}") from None
         except sqlite3.DatabaseError as exc:
             aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
             log.warning("peer database %s unreadable (%s): moved to %s, starting empty", path, exc, aside)
-            path.rename(aside)
-            for suffix in ("-wal", "-shm"):
-                path.with_name(path.name + suffix).unlink(missing_ok=True)
-            return cls(_connect(path), path)
+            try:
+                path.rename(aside)
+                for suffix in ("-wal", "-shm"):
+                    path.with_name(path.name + suffix).unlink(missing_ok=True)
+                return cls(_connect(path), path)
+            except (OSError, sqlite3.Error) as again:
+                raise PeerStoreError(f"the peer database {path} is unreadable and cannot be moved: {again}") from None
 
     def close(self) -> None:
         self._db.close()

@@ -24,12 +24,15 @@ from typing import Any
 import trio
 from libp2p.abc import INetStream
 
+from p2p_sidecar.node.membership import Refusal
 from p2p_sidecar.node.metrics import NodeMetrics
 from p2p_sidecar.node.streams import FramedStream, StreamGone
 from p2p_sidecar.node.wire import Reply, Request, WireError, decode, encode, error_reply
 from shared_schema import BridgeError, ErrorCode
 
 log = logging.getLogger(__name__)
+
+WARN_EVERY = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +46,8 @@ class RpcContext:
 
 
 OpHandler = Callable[[RpcContext, dict[str, Any]], Awaitable[Any]]
+Gate = Callable[[str, str], Refusal | None]
+"""``gate(peer_id, op)``: None if the peer may use the op, else why not (``Membership.refusal``)."""
 
 
 class RpcServer:
@@ -52,12 +57,19 @@ class RpcServer:
         max_bytes: int,
         max_in_flight: int,
         metrics: NodeMetrics,
+        max_streams_per_peer: int = 64,
         on_request: Callable[[str], None] = lambda peer_id: None,
+        gate: Gate = lambda peer_id, op: None,
     ) -> None:
         self._max_bytes = max_bytes
         self._max_in_flight = max_in_flight
         self._metrics = metrics
         self._on_request = on_request
+        self._gate = gate
+        self._max_streams_per_peer = max_streams_per_peer
+        self._streams: dict[str, int] = {}
+        """Open inbound streams of our protocol, by peer: one peer cannot park thousands of idle streams here."""
+        self._warned: dict[str, float] = {}
         self._ops: dict[str, OpHandler] = {}
         self._accepting = True
         self.in_flight = 0
@@ -78,6 +90,21 @@ class RpcServer:
     # -- one inbound stream ---------------------------------------------------------
     async def handle_stream(self, stream: INetStream) -> None:
         framed = FramedStream(stream, self._max_bytes)
+        peer = framed.peer_id
+        if self._streams.get(peer, 0) >= self._max_streams_per_peer:
+            self._metrics.protocol_errors.labels("too_many_streams").inc()
+            self._warn(peer, f"already has {self._max_streams_per_peer} streams open here: new stream reset")
+            await framed.reset()
+            return
+        self._streams[peer] = self._streams.get(peer, 0) + 1
+        try:
+            await self._serve_stream(framed)
+        finally:
+            self._streams[peer] -= 1
+            if not self._streams[peer]:
+                del self._streams[peer]
+
+    async def _serve_stream(self, framed: FramedStream) -> None:
         write_lock = trio.Lock()
         error: WireError | None = None
         async with trio.open_nursery() as nursery:
@@ -86,10 +113,21 @@ class RpcServer:
                 nursery.cancel_scope.cancel()
         if error is not None:
             self._metrics.protocol_errors.labels(error.reason).inc()
-            log.warning("peer %s sent bytes that are not %s (%s): stream reset", framed.peer_id, "our protocol", error)
+            self._warn(framed.peer_id, f"sent bytes that are not our protocol ({error}): stream reset")
             await framed.reset()
         else:
             await framed.close()
+
+    def _warn(self, peer_id: str, what: str) -> None:
+        """At most one warning per peer every WARN_EVERY seconds: a peer sending garbage cannot flood the log
+        (every occurrence is still counted in sidecar_p2p_protocol_errors_total)."""
+        now = time.monotonic()
+        if now - self._warned.get(peer_id, -WARN_EVERY) < WARN_EVERY:
+            return
+        if len(self._warned) >= 4096:  # many peer ids at once (they cost nothing to make): start over
+            self._warned.clear()
+        self._warned[peer_id] = now
+        log.warning("peer %s %s (further ones within %.0fs only counted)", peer_id, what, WARN_EVERY)
 
     async def _read_loop(self, framed: FramedStream, lock: trio.Lock, nursery: trio.Nursery) -> WireError | None:
         while True:
@@ -116,7 +154,7 @@ class RpcServer:
             return
         if not isinstance(message, Request):
             raise WireError("bad_field", "a reply arrived on a stream we serve", message.id)
-        refusal = self._refusal(message)
+        refusal = self._refusal(framed.peer_id, message)
         if refusal is not None:
             self._metrics.requests.labels("in", self._op_label(message.op), refusal.error.code.value).inc()  # type: ignore[union-attr]
             nursery.start_soon(self._send, framed, lock, refusal)
@@ -124,9 +162,13 @@ class RpcServer:
         self.in_flight += 1
         nursery.start_soon(self._serve, framed, lock, message, self._ops[message.op])
 
-    def _refusal(self, request: Request) -> Reply | None:
+    def _refusal(self, peer_id: str, request: Request) -> Reply | None:
         if not self._accepting:
             return error_reply(request.id, ErrorCode.UNAVAILABLE, "this node is shutting down")
+        # Membership before the op lookup: an outsider learns neither which ops exist nor anything else.
+        denied = self._gate(peer_id, request.op)
+        if denied is not None:
+            return error_reply(request.id, ErrorCode.FORBIDDEN, denied.message, {"reason": denied.reason})
         if request.op not in self._ops:
             return error_reply(request.id, ErrorCode.UNKNOWN_TOOL, f"unknown op {request.op!r}", {"ops": self.ops})
         if self.in_flight >= self._max_in_flight:

@@ -281,9 +281,13 @@ class RemoteEndpoint:
 class Distribution:
     """Serves this node's queue to peers (owner side) and finds work on peers (worker side)."""
 
-    def __init__(self, service: QueueService, rpc: PeerRpc) -> None:
+    def __init__(
+        self, service: QueueService, rpc: PeerRpc, *, on_limit: Callable[[str], None] = lambda limit: None
+    ) -> None:
         self.service = service
         self.rpc = rpc
+        self.max_leases_per_peer = service.settings.queue_max_leases_per_peer
+        self._on_limit = on_limit
         self.local_peer_id = rpc.local_peer_id
         self._allow_remote_tool = bool(service.settings.remote_tools_allow)
         self.batch_bytes = batch_budget(service.settings.p2p_max_message_bytes)
@@ -323,14 +327,30 @@ class Distribution:
 
     async def op_claim(self, peer: str, body: dict[str, Any]) -> dict[str, Any]:
         worker, boot = _str(body, "worker"), _str(body, "boot")
-        types, limit = _str_list(body, "types"), _int(body, "max", 1, MAX_BATCH)
+        types, asked = _str_list(body, "types"), _int(body, "max", 1, MAX_BATCH)
         self._check_boot(peer, boot)
+        # One peer may not hoard the queue: it holds at most max_leases_per_peer running tasks from us at once.
+        held = self.service.store.leases_held_by(peer)
+        limit = max(0, min(asked, self.max_leases_per_peer - held))
+        limited = limit < asked
         leases = self.service.claim(worker, types, limit, peer=peer, boot=boot, max_bytes=self.batch_bytes)
-        if len(leases) < limit:
+        if len(leases) < asked:
             self._hinted_at.pop(peer, None)  # the peer drops our hint now; hint again when work comes
         self.counters["leased_to_peers"] += len(leases)
         paused = self.service.paused_reason is not None or self.service.draining
-        return {"tasks": [lease.to_wire() for lease in leases], "lease_s": self.service.lease_s, "paused": paused}
+        reply: dict[str, Any] = {
+            "tasks": [lease.to_wire() for lease in leases],
+            "lease_s": self.service.lease_s,
+            "paused": paused,
+        }
+        if limited:
+            self.counters["claims_limited"] += 1
+            self._on_limit("queue_max_leases_per_peer")
+            reply["limited"] = (
+                f"peer {peer} holds {held} running task(s) from this node; SIDECAR_QUEUE_MAX_LEASES_PER_PEER is "
+                f"{self.max_leases_per_peer}"
+            )
+        return reply
 
     async def op_heartbeat(self, peer: str, body: dict[str, Any]) -> dict[str, Any]:
         _str(body, "worker")

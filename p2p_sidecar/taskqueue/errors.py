@@ -45,6 +45,16 @@ class QueueFull(QueueError):
     code = ErrorCode.BUSY
 
 
+class StorageError(QueueError):
+    """The queue's SQLite database refused a read or write (disk full, I/O error, locked by another process).
+
+    Nothing was changed (the transaction rolled back) and the sidecar stays up:
+    callers get ``unavailable`` and may retry once the operator has fixed the disk.
+    """
+
+    code = ErrorCode.UNAVAILABLE
+
+
 class NoNetwork(QueueError):
     """A placement that needs other peers, on a node without a P2P network."""
 

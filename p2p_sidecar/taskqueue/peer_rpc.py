@@ -7,14 +7,16 @@ queue's (``PeerUnreachable`` / ``PeerOpFailed``, ``BadRequest``, peer ids):
 
 * ``register_op`` serves a queue op on our peer protocol; a ``BadRequest``
   from the handler is answered ``invalid_arguments`` (the peer's body was
-  malformed), anything else it raises is the node's ``internal`` reply.
+  malformed), a ``QueueError`` its own code (e.g. ``unavailable`` when the
+  database cannot be written), anything else the node's ``internal`` reply.
 * ``request`` calls ``Node.call`` (which dials a known peer that is not
   connected, e.g. an owner that restarted) and sorts its ``BridgeError`` into
   the two outcomes the queue acts on: *no answer* (not connected, stream
   failure, timeout, a node shutting down or too busy to take the request:
   worth trying again later) or *a definite error answer* from the peer.
 * ``peers_with_capability`` reads the peer table: live peers only (they
-  answered within the gone timeout), never this node.
+  answered within the gone timeout) that belong to this node's network
+  (``Membership``: an outsider would be refused anyway), never this node.
 * ``advertise`` replaces the task types in the node's capabilities; peers
   learn the change with their next ping (the capability revision changes).
 """
@@ -29,6 +31,7 @@ from p2p_sidecar.node.host import Node
 from p2p_sidecar.node.peers import LIVE_STATES
 from p2p_sidecar.node.rpc_server import RpcContext
 from p2p_sidecar.taskqueue.distribution import BadRequest, OpHandler, PeerOpFailed, PeerUnreachable
+from p2p_sidecar.taskqueue.errors import QueueError
 from shared_schema import BridgeError, ErrorCode
 
 log = logging.getLogger(__name__)
@@ -62,6 +65,9 @@ class NodePeerRpc:
             except BadRequest as exc:
                 log.info("peer %s sent a malformed %s: %s", context.peer_id, op, exc)
                 raise BridgeError(ErrorCode.INVALID_ARGUMENTS, f"{op}: {exc}") from None
+            except QueueError as exc:
+                log.warning("%s from peer %s refused: %s", op, context.peer_id, exc.message)
+                raise exc.to_bridge() from None
 
         self._node.rpc.register(op, serve)
 
@@ -77,10 +83,11 @@ class NodePeerRpc:
         return reply
 
     def peers_with_capability(self, capability: str) -> list[str]:
+        admits = self._node.membership.admits
         return [
             record.peer_id
             for record in self._node.table.in_state(*LIVE_STATES)
-            if capability in record.capabilities.get("task_types", ())
+            if capability in record.capabilities.get("task_types", ()) and admits(record.peer_id)
         ]
 
     def advertise(self, capabilities: Iterable[str]) -> None:

@@ -17,24 +17,26 @@ Everything that changes a task goes through the store; this module decides
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import logging
 import math
+import sqlite3
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import trio
 
-from p2p_sidecar.taskqueue.errors import Conflict, InvalidRequest, NoNetwork, NotFound, QueueFull
+from p2p_sidecar.taskqueue.errors import Conflict, InvalidRequest, NoNetwork, NotFound, QueueFull, StorageError
 from p2p_sidecar.taskqueue.executors import ExecutorRegistry
 from p2p_sidecar.taskqueue.model import TERMINAL, RetryPolicy, TaskStatus
 from p2p_sidecar.taskqueue.records import Ended, Lease, NewTask, Report, dumps
-from p2p_sidecar.taskqueue.store import LOCAL, REMOTE, TaskStore
+from p2p_sidecar.taskqueue.store import LOCAL, REMOTE, StoreStartupError, TaskStore
 from p2p_sidecar.taskqueue.sync import Broadcast
 from p2p_sidecar.taskqueue.views import describe_task, history
-from p2p_sidecar.taskqueue.worker import QueueEndpoint, Worker, WorkerConfig, WorkerSpec
+from p2p_sidecar.taskqueue.worker import EndpointUnavailable, QueueEndpoint, Worker, WorkerConfig, WorkerSpec
 
 if TYPE_CHECKING:
     from p2p_sidecar.settings import SidecarSettings
@@ -48,7 +50,11 @@ MAX_ID_LENGTH = 128
 
 
 class LocalEndpoint:
-    """This node's own queue, as a worker sees it: direct calls, no network."""
+    """This node's own queue, as a worker sees it: direct calls, no network.
+
+    A database failure (disk full, I/O error) reads to the worker like an owner it cannot reach: it
+    retries later instead of crashing, exactly as it would for a remote owner that is down.
+    """
 
     key = "local"
     owner: str | None = None
@@ -57,16 +63,28 @@ class LocalEndpoint:
         self._service = service
 
     async def claim(self, worker_id: str, types: Sequence[str], limit: int) -> list[Lease]:
-        return self._service.claim(worker_id, types, limit, peer=None, boot=self._service.boot)
+        with _unavailable_on_storage_error("claim"):
+            return self._service.claim(worker_id, types, limit, peer=None, boot=self._service.boot)
 
     async def heartbeat(self, worker_id: str, leases: Sequence[tuple[str, int]]) -> dict[str, str]:
-        return self._service.heartbeat(leases, peer=None)
+        with _unavailable_on_storage_error("heartbeat"):
+            return self._service.heartbeat(leases, peer=None)
 
     async def report(self, worker_id: str, report: Report) -> str:
-        return self._service.finish([report], peer=None)[0]
+        with _unavailable_on_storage_error("report"):
+            return self._service.finish([report], peer=None)[0]
 
     async def release(self, worker_id: str, leases: Sequence[tuple[str, int]], why: str) -> None:
-        self._service.release(leases, peer=None, why=why)
+        with _unavailable_on_storage_error("release"):
+            self._service.release(leases, peer=None, why=why)
+
+
+@contextlib.contextmanager
+def _unavailable_on_storage_error(what: str) -> Iterator[None]:
+    try:
+        yield
+    except StorageError as exc:
+        raise EndpointUnavailable(f"local {what}: {exc.message}") from None
 
 
 class QueueService:
@@ -78,6 +96,7 @@ class QueueService:
         rpc: PeerRpc | None = None,
         call_gateway: Callable[..., Awaitable[Any]] | None = None,
         clock: Callable[[], float] = time.time,
+        on_limit: Callable[[str], None] = lambda limit: None,
     ) -> None:
         self.settings = settings
         self.clock = clock
@@ -114,14 +133,17 @@ class QueueService:
         if rpc is not None:
             from p2p_sidecar.taskqueue.distribution import Distribution
 
-            self.distribution = Distribution(self, rpc)
+            self.distribution = Distribution(self, rpc, on_limit=on_limit)
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
-            recovered = self.store.lose_leases_of(
-                None, boot_not=self.boot, now=self.clock(), why="this node's sidecar restarted while the task ran"
-            )
+            try:
+                recovered = self.store.lose_leases_of(
+                    None, boot_not=self.boot, now=self.clock(), why="this node's sidecar restarted while the task ran"
+                )
+            except StorageError as exc:
+                raise StoreStartupError(exc.message) from None
             if recovered:
                 log.info("re-queued %d task(s) this node was running when its previous process died", recovered)
             async with trio.open_nursery() as nursery:
@@ -259,7 +281,10 @@ class QueueService:
         interval = max(0.05, min(1.0, self.lease_s / 4))
         while True:
             await trio.sleep(interval)
-            expired = self.store.expire_leases(self.clock())
+            try:
+                expired = self.store.expire_leases(self.clock())
+            except StorageError:
+                continue  # logged by the store; the leases expire on a later round, once the disk works again
             if expired:
                 log.warning("%d lease(s) expired: their tasks are queued again", expired)
                 self.work.fire()
@@ -269,7 +294,11 @@ class QueueService:
         while True:
             seen = self._failures.generation
             now = self.clock()
-            ready_at = self.store.next_ready_at(now)
+            try:
+                ready_at = self.store.next_ready_at(now)
+            except sqlite3.Error as exc:
+                log.error("reading the next retry time failed: %s", exc)
+                ready_at = now + 1.0
             timeout = math.inf if ready_at is None else max(0.0, ready_at - now)
             if not await self._failures.wait_since(seen, timeout):
                 self.work.fire()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar
 
@@ -17,6 +18,7 @@ import trio
 from p2p_sidecar.taskqueue.errors import Conflict, InvalidRequest, NotFound, QueueError
 from p2p_sidecar.taskqueue.model import TERMINAL, TaskStatus
 from p2p_sidecar.taskqueue.service import QueueService
+from p2p_sidecar.taskqueue.store import storage_error
 from p2p_sidecar.taskqueue.views import describe_task, task_logs, task_metrics
 from p2p_sidecar.taskqueue.worker import WorkerSpec
 from p2p_sidecar.tools.catalog import ToolCatalog
@@ -37,6 +39,8 @@ def translated(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
             return await fn(*args, **kwargs)
         except QueueError as exc:
             raise exc.to_bridge() from None
+        except sqlite3.Error as exc:  # a read outside a transaction (writes become StorageError in the store)
+            raise storage_error(None, exc).to_bridge() from None
 
     return wrapper
 

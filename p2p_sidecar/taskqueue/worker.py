@@ -263,7 +263,10 @@ class Worker:
                 )
             elif report is None and (running.stop_reason or "").startswith("release:"):
                 self.stats.released += 1
-                await endpoint.release(self.worker_id, [(lease.task_id, lease.attempt)], running.stop_reason[8:])
+                try:
+                    await endpoint.release(self.worker_id, [(lease.task_id, lease.attempt)], running.stop_reason[8:])
+                except EndpointUnavailable as exc:  # the owner cannot be told: the lease expires there instead
+                    log.info("task %s: could not hand the lease back to %s: %s", lease.task_id, endpoint.key, exc)
         except trio.Cancelled:
             # The sidecar is shutting down: hand the lease back so the task runs again at once elsewhere
             # (or here after restart) without counting as a failure.
@@ -299,7 +302,10 @@ class Worker:
         )
         try:
             value = await executor(lease.payload, context)
+            # One line per execution that ran to its end (debug): fault runs count these against recorded results.
+            log.debug("executed task %s attempt %d for %s: ok", lease.task_id, lease.attempt, running.endpoint.key)
         except TaskFailed as exc:
+            log.debug("executed task %s attempt %d for %s: failed", lease.task_id, lease.attempt, running.endpoint.key)
             return Report(
                 lease.task_id, lease.attempt, ok=False, message=exc.message, code=exc.code, retryable=exc.retryable
             )

@@ -107,7 +107,10 @@ def register_peer_tools(catalog: ToolCatalog, node: Node) -> None:
         needs = as_list(capability_filter)
         records = node.table.select(capability_filter=needs, sort_by="latency")
         records.sort(key=lambda r: r.state not in LIVE_STATES)
-        peers = [record.summary(include_metrics=include_metrics) for record in records[:max_peers]]
+        peers = [
+            {**record.summary(include_metrics=include_metrics), "member": node.membership.admits(record.peer_id)}
+            for record in records[:max_peers]
+        ]
         return {"status": "success", "peers": peers, "count": len(peers), "learned": learned, "known": len(node.table)}
 
     async def peer_connect(
@@ -169,7 +172,7 @@ def register_peer_tools(catalog: ToolCatalog, node: Node) -> None:
         start = offset or 0
         page = records[start : start + limit] if limit is not None else records[start:]
         return {
-            "peers": [record.summary() for record in page],
+            "peers": [{**record.summary(), "member": node.membership.admits(record.peer_id)} for record in page],
             "count": len(page),
             "total": len(records),
             "offset": start,

@@ -1,0 +1,102 @@
+"""A throwaway network of Linux network namespaces, so a fault run can cut the wire between nodes.
+
+    lab = NetnsLab.create(["a", "b", "c"])     # root only; NetnsLab.available() says whether it can work
+    lab.address("b")                           # 10.223.47.2: where b's processes listen
+    lab.exec_prefix("b")                       # ["ip", "netns", "exec", "<ns>"]: run a command inside b
+    lab.partition("b"); lab.heal("b")          # b's cable pulled out of the switch, and plugged back
+    lab.close()
+
+Layout: one "switch" namespace holding a Linux bridge; each node gets its own
+namespace with a veth pair whose other end is a port of that bridge; the root
+namespace (where the bench runs and talks HTTP to the nodes) is one more port.
+Partitioning a node sets its switch port down: the node keeps running, its
+sockets stay open, and nothing it sends arrives anywhere (nor does anything
+reach it) until the port is up again, which is what a cut cable looks like.
+Names carry the bench's pid, so runs never collide; ``close`` deletes every
+namespace (which removes the veth pairs with them).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass, field
+
+SUBNET = "10.223.47"
+ROOT_ADDRESS = f"{SUBNET}.254"
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", *args], check=check, capture_output=True, text=True)
+
+
+@dataclass
+class NetnsLab:
+    tag: str
+    nodes: dict[str, str] = field(default_factory=dict)
+    """node name -> its namespace"""
+    switch: str = ""
+    root_link: str = ""
+
+    @staticmethod
+    def available() -> str | None:
+        """None if namespaces can be made here; otherwise why not (for the run's record)."""
+        if os.geteuid() != 0:
+            return "not root: ip netns needs CAP_SYS_ADMIN"
+        probe = f"mcpq-probe-{os.getpid()}"
+        done = _ip("netns", "add", probe, check=False)
+        if done.returncode != 0:
+            return f"ip netns add failed: {done.stderr.strip()}"
+        _ip("netns", "del", probe, check=False)
+        return None
+
+    @classmethod
+    def create(cls, names: list[str]) -> NetnsLab:
+        tag = str(os.getpid() % 100000)
+        lab = cls(tag, switch=f"mcpq-sw-{tag}")
+        try:
+            _ip("netns", "add", lab.switch)
+            _ip("-n", lab.switch, "link", "add", "br0", "type", "bridge")
+            _ip("-n", lab.switch, "link", "set", "br0", "up")
+            lab.root_link = f"mq{tag}h"
+            _ip("link", "add", lab.root_link, "type", "veth", "peer", "name", "uplink", "netns", lab.switch)
+            _ip("-n", lab.switch, "link", "set", "uplink", "master", "br0", "up")
+            _ip("addr", "add", f"{ROOT_ADDRESS}/24", "dev", lab.root_link)
+            _ip("link", "set", lab.root_link, "up")
+            for index, name in enumerate(names, 1):
+                namespace = f"mcpq-{name}-{tag}"
+                _ip("netns", "add", namespace)
+                lab.nodes[name] = namespace
+                _ip("-n", namespace, "link", "set", "lo", "up")
+                port = lab._port(name)
+                _ip("-n", namespace, "link", "add", "eth0", "type", "veth", "peer", "name", port, "netns", lab.switch)
+                _ip("-n", lab.switch, "link", "set", port, "master", "br0", "up")
+                _ip("-n", namespace, "addr", "add", f"{SUBNET}.{index}/24", "dev", "eth0")
+                _ip("-n", namespace, "link", "set", "eth0", "up")
+        except BaseException:
+            lab.close()
+            raise
+        return lab
+
+    def _port(self, name: str) -> str:
+        return f"p-{name}"[:15]
+
+    def address(self, name: str) -> str:
+        return f"{SUBNET}.{list(self.nodes).index(name) + 1}"
+
+    def exec_prefix(self, name: str) -> list[str]:
+        return ["ip", "netns", "exec", self.nodes[name]]
+
+    def partition(self, name: str) -> None:
+        _ip("-n", self.switch, "link", "set", self._port(name), "down")
+
+    def heal(self, name: str) -> None:
+        _ip("-n", self.switch, "link", "set", self._port(name), "up")
+
+    def close(self) -> None:
+        for namespace in [*self.nodes.values(), self.switch]:
+            if namespace:
+                _ip("netns", "del", namespace, check=False)
+        if self.root_link:
+            _ip("link", "del", self.root_link, check=False)  # normally gone with its peer's namespace
+        self.nodes.clear()

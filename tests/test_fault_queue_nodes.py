@@ -1,0 +1,41 @@
+"""Faults under load for the task queue: a shorter run of ``bench/fault_queue_nodes.py`` with assertions.
+
+Three sidecars (a owns the tasks, a, b and c run them) while a submitter keeps adding tasks: ``kill -9``
+of a worker and of the submitting node, a network partition of a worker (network namespaces when run
+as root, SIGSTOP/SIGCONT otherwise), and a SIGTERM of a worker under load, which must exit 0 and hand
+back what it could not finish.  Then, at the owner's database: nothing lost, nothing twice.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.fault_queue_nodes import Fault, print_report, run
+from bench.netns import NetnsLab
+
+pytestmark = pytest.mark.e2e
+
+FAULTS = (
+    Fault("kill9", "b", 1.0),
+    Fault("sigterm", "c", 0.5),
+    Fault("kill9", "a", 1.0),
+    Fault("partition", "b", 3.0),
+)
+
+
+def test_no_accepted_task_is_lost_or_finished_twice_through_kills_a_partition_and_a_sigterm(tmp_path: Path) -> None:
+    result = run(tmp_path, tasks=300, faults=FAULTS, lease_s=2.0, grace_s=0.3, settle_s=2.0, drain_timeout=120)
+    print_report(result)
+    assert result["partition_by"] == ("netns" if NetnsLab.available() is None else result["partition_by"])
+    assert result["accepted"] == result["stored"] == result["results_recorded"] == 300
+    assert result["lost"] == 0 and result["duplicate_rows"] == 0 and result["wrong_results"] == 0, result
+    # every recorded result came from an execution that really ran to its end, with the attempt it was leased
+    assert result["recorded_result_without_its_execution"] == 0, result
+    assert result["executions_to_the_end"] >= 300
+    assert result["integrity_check"] == "ok"
+    assert (result["kills"], result["sigterms"], result["partitions"]) == (2, 1, 1)
+    [sigterm] = [fault for fault in result["faults"] if fault["kind"] == "sigterm"]
+    assert sigterm["caught_running"] > 0 and sigterm["exit_code"] == 0, sigterm  # a graceful stop under load: 0
+    assert len({peer for peer in result["executed_by"]}) == 3, result["executed_by"]  # every node ran some
