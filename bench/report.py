@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bench import collection_startup, remote_call, taskqueue_network
+from bench import collection_startup, profile_gateway, remote_call, taskqueue_network
 
 TARGETS_NOTE = "Targets are the ones set in issue 6; each row says whether this run met it."
 
@@ -63,6 +63,63 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
     )
     rows.append(("ready within 2 s of start", f"{rss['ready_s']:.2f} s", rss["ready_s"] <= 2.0))
     return rows
+
+
+def where_the_time_goes(results: dict[str, Any]) -> list[str]:
+    """The measurements behind the targets this design cannot meet on this machine, from the same run."""
+    rest1 = next(row for row in results["bridge_cost"] if row["face"] == "rest" and row["clients"] == 1)
+    floor = results["floor"]
+    raw, ping, call = (floor[key]["p50_ms"] for key in ("raw", "ping", "call"))
+    seed16 = next(row for row in results["seed_style"] if row["clients"] == 16)
+    need_rps = 10 * seed16["seed"]["rps"]
+    out = [
+        "## Where the time goes: the limits behind the missed targets",
+        "",
+        "### P2P p50 within +0.3 ms of local at one client",
+        "",
+        f"A P2P call is a local call plus one bridge round trip. In this run ZeroMQ's own DEALER -> ROUTER round trip "
+        f"on the same kind of endpoint took {raw:.3f} ms at p50 (section 2: a C-speed echo on the far side, no Python "
+        f"event loop), {raw / 0.3:.0%} of the 0.3 ms budget. Between our two event loops a PING that does no work "
+        f"took {ping:.3f} ms ({ping / 0.3:.0%} of the budget), and a full CALL (envelope, Trio task, argument "
+        f"validation, reply) {call:.3f} ms. On the REST face at one client the P2P call cost "
+        f"{rest1['p50_delta_ms']:+.3f} ms over the local one; the difference beyond the in-gateway CALL, "
+        f"{rest1['p50_delta_ms'] - call:+.3f} ms, is the rest of the HTTP side: the handler waiting on the reply, and "
+        "three busy processes (wrk, gateway, sidecar) taking turns on two cores. What is left of the budget above "
+        "ZeroMQ itself "
+        f"({0.3 - raw:.3f} ms) has to pay for two Python event loops waking, decoding, running a call and encoding; "
+        f"the do-nothing PING alone uses {ping - raw:.3f} ms of it.",
+        "",
+        "### 10x the seed's thread-per-call approach at 16 clients",
+        "",
+        f"10x the seed's {seed16['seed']['rps']:,.0f} req/s is {need_rps:,.0f} req/s. An empty FastAPI POST endpoint "
+        f"on the same uvicorn answered {seed16['http_floor_rps']:,.0f} req/s (section 3), so the target asks for "
+        f"{need_rps / seed16['http_floor_rps']:.0%} of a handler that does nothing. At this load the gateway's "
+        "event-loop thread is saturated, and the local tool (no bridge at all) is no faster than the P2P one "
+        "(section 1), so the bridge is not what limits it. Profile of the gateway under that load "
+        "(`.venv/bin/python -m bench.profile_gateway`, run here as part of `make bench`):",
+        "",
+    ]
+    profile = results.get("profile")
+    if profile is None:
+        out += ["(profile skipped in this run: py-spy missing or not allowed to attach)", ""]
+        return out
+    shares, loop = profile["shares"], profile["loop_thread_us_per_request"]
+    framework = sum(share for layer, share in shares.items() if layer.startswith(("FastAPI", "uvicorn"))) * loop
+    ours = loop * sum(
+        share for layer, share in shares.items() if layer.startswith(("bridge", "router", "REST", "our ASGI"))
+    )
+    budget = 1e6 / need_rps
+    out += [
+        profile_gateway.markdown(profile),
+        "",
+        f"uvicorn and FastAPI/Starlette take {framework:.0f} µs of each request's {loop:.0f} µs in the loop thread; "
+        f"everything of ours (REST handler, router, middleware, bridge) {ours:.0f} µs. {need_rps:,.0f} req/s on one "
+        f"event-loop thread leaves {budget:.0f} µs per request for all of it. Serving the hot REST path from a bare "
+        "ASGI handler in front of FastAPI would remove most of the framework row but not uvicorn's or the bridge's, "
+        "and would give up the framework the gateway is specified to be built on; we have not done it.",
+        "",
+    ]
+    return out
 
 
 def render(results: dict[str, Any], command: str) -> str:
@@ -157,14 +214,21 @@ def render(results: dict[str, Any], command: str) -> str:
         "an empty POST endpoint on the same server, so `empty req/s / seed req/s` is the largest ratio any gateway "
         "built this way could reach against the seed's approach, whatever its bridge costs.",
     ]
-    startup = results["startup"]
-    peak = results["load_peak_rss_mb"]
     out += [
         "",
         "## 4. Across peers: remote tool call over libp2p",
         "",
         remote_call.markdown(results["remote_call"]),
         "",
+        taskqueue_network.markdown(results["queue_network"]).replace(
+            "## Task queue across three nodes", "## 5. Queue throughput across three nodes, and one-hop remote tasks"
+        ),
+        "",
+    ]
+    startup = results["startup"]
+    peak = results["load_peak_rss_mb"]
+    queue = results["queue_local"]
+    out += [
         "## 6. Memory and start-up",
         "",
         "| process | idle RSS | peak RSS under scenario 1 load |",
@@ -175,9 +239,6 @@ def render(results: dict[str, Any], command: str) -> str:
         "Start (both processes spawned together) to gateway `/health/ready` = 200: "
         f"{startup['ready_s']:.2f} s (median).",
         "",
-    ]
-    queue = results["queue_local"]
-    out += [
         f"With {queue['tasks']:,} tasks queued (paused queue, SQLite on disk) the sidecar's RSS is "
         f"{queue['sidecar_rss_mb_with_queued']:.0f} MB ({queue['sidecar_idle_rss_mb']:.0f} MB before they were "
         f"submitted); its local worker then completed them at {queue['drain_completed_per_s']:,.0f} tasks/s "
@@ -186,14 +247,11 @@ def render(results: dict[str, Any], command: str) -> str:
         f"p50 {queue['submit_to_result_ms']['p50']:.2f} ms, p99 {queue['submit_to_result_ms']['p99']:.2f} ms "
         f"(a plain `p2p_echo` call: p50 {queue['p2p_echo_ms']['p50']:.2f} ms).",
         "",
-        taskqueue_network.markdown(results["queue_network"]).replace(
-            "## Task queue across three nodes", "## 4 and 5. Across peers: one-hop remote tasks, queue throughput"
-        ),
-        "",
         "## Tool collection at 400-tool scale",
         "",
         collection_startup.markdown(results["collection"]),
         "",
+        *where_the_time_goes(results),
     ]
     return "\n".join(out)
 

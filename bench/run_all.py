@@ -21,6 +21,7 @@ from bench import (
     collection_startup,
     floor,
     footprint,
+    profile_gateway,
     remote_call,
     seed_style,
     taskqueue_local,
@@ -88,6 +89,7 @@ def main() -> None:
             results["load_cpu_cores"] = sampler.cpu_cores
             results["floor"] = floor.run(sidecar.extra["endpoint"], n=500 if args.quick else 5000)
             results["seed_style"] = seed_style.run(url, concurrencies=concurrencies, seconds=seconds, repeats=repeats)
+            results["profile"] = profile_gateway.run(url, gateway.pid, seconds=4.0 if args.quick else 8.0)
         results["startup"] = footprint.startup(tmp, runs=1 if args.quick else 3)
         with bench_stack(tmp) as (gateway, sidecar):
             results["queue_local"] = taskqueue_local.run(

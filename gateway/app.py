@@ -71,7 +71,9 @@ class Gateway:
         collection = build_collection(settings)
         if collection is not None:
             self.registry.mount(collection)
-        self.mcp = GatewayMCP(self.registry, self.router, max_body_bytes=settings.max_body_bytes)
+        self.mcp = GatewayMCP(
+            self.registry, self.router, max_body_bytes=settings.max_body_bytes, json_response=settings.mcp_json_response
+        )
         self.stopping = False
         self._background: set[asyncio.Task[None]] = set()
         self.registry.on_change(self._count_tools)

@@ -105,7 +105,9 @@ class _GatewayServer(Server[Any]):
 class GatewayMCP:
     """Owns the SDK server, its session manager, and change notification."""
 
-    def __init__(self, registry: ToolRegistry, router: RuntimeRouter, *, max_body_bytes: int) -> None:
+    def __init__(
+        self, registry: ToolRegistry, router: RuntimeRouter, *, max_body_bytes: int, json_response: bool = True
+    ) -> None:
         self._registry = registry
         self._router = router
         self._bus = InMemorySubscriptionBus()
@@ -128,9 +130,13 @@ class GatewayMCP:
         )
         # Host/Origin checks are done by gateway.security.HostOriginGuard, which
         # knows the configured hosts; the SDK still checks Content-Type.
+        # One JSON body per answer unless configured otherwise: handshake-era answers sent as an SSE
+        # stream took twice as long at p50 and stalled ~40 ms on 1-2% of calls (docs/benchmarks.md);
+        # the stream is only needed for notifications sent during a call, which no tool here sends.
+        # subscriptions/listen and the GET stream stay SSE either way.
         self.session_manager = StreamableHTTPSessionManager(
             app=self.server,
-            json_response=False,
+            json_response=json_response,
             stateless=False,
             security_settings=TransportSecuritySettings(enable_dns_rebinding_protection=False),
             max_request_body_size=max_body_bytes,

@@ -44,6 +44,11 @@ class GatewaySettings(BaseSettings):
         None,
         description="Tool-schema cache folder (default ${XDG_CACHE_HOME:-~/.cache}/mcp-p2p); 'off' disables it.",
     )
+    mcp_json_response: bool = Field(
+        True,
+        description="Answer each /mcp request with one JSON body; false streams answers as SSE "
+        "(only needed for notifications sent during a call).",
+    )
     opentelemetry: bool = Field(
         False, description="Run FastAPI's native OpenTelemetry instrumentation (needs configured OTel providers)."
     )

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import anyio
+import httpx
 import mcp_types as types
 import pytest
 from mcp import Client
 from mcp.client.subscriptions import ToolsListChanged
 from mcp.shared.exceptions import MCPError
 
+from bench.stack import legacy_call, legacy_session
 from tests.procs import Proc, gateway_proc, running, sidecar_proc
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
@@ -103,3 +105,27 @@ async def test_modern_client_hears_catalog_changes_on_its_listen_stream(tmp_path
                     assert isinstance(event, ToolsListChanged)
                     names = {tool.name for tool in (await client.list_tools()).tools}
                     assert "p2p_service_status" in names
+
+
+@pytest.mark.parametrize(
+    ("json_response", "content_type"), [("true", "application/json"), ("false", "text/event-stream")]
+)
+async def test_answers_as_one_json_body_or_as_an_sse_stream_as_configured(
+    tmp_path,  # type: ignore[no-untyped-def]
+    json_response: str,
+    content_type: str,
+) -> None:
+    """GATEWAY_MCP_JSON_RESPONSE picks the answer's framing; both eras' clients read either."""
+    gateway = gateway_proc(tmp_path, GATEWAY_MCP_JSON_RESPONSE=json_response)
+    with running(gateway):
+        url = gateway.extra["url"] + "/mcp"
+        # handshake era: the modern one answers a quick call with JSON in either mode
+        body, headers = legacy_call(legacy_session(gateway.extra["url"]), "echo", {"message": "hi"})
+        async with httpx.AsyncClient() as http:
+            answer = await http.post(url, json=body, headers=headers)
+        assert answer.status_code == 200
+        assert answer.headers["content-type"].startswith(content_type)
+        for mode in MODES:
+            async with Client(url, mode=mode) as client:
+                result = await client.call_tool("echo", {"message": "hi", "repeat": 2})
+            assert not result.is_error and result.structured_content["echo"] == "hi hi", mode
