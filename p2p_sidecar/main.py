@@ -14,6 +14,7 @@ is the same nesting undone:
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -155,6 +156,7 @@ class Sidecar:
                 await root.start(self._run_queue)
                 await root.start(self.bridge.run)
                 self.ready = True
+                gc.freeze()  # the start-up heap (libp2p, schemas) lives as long as we do: out of full collections
                 log.info("sidecar ready (bridge %s, admin port %s)", self.settings.bridge_endpoint, self.admin.bound)
                 sd_notify.notify("READY=1", f"STATUS=bridge on {self.settings.bridge_endpoint}")
                 task_status.started()
