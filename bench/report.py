@@ -167,11 +167,13 @@ def render(results: dict[str, Any], command: str) -> str:
         f"During these runs the gateway used {cpu.get('gateway', 0):.2f} cores and the sidecar "
         f"{cpu.get('sidecar', 0):.2f} on average (a Python process tops out near 1.0).",
         "",
-        "The local tool's p99 at 64 clients is dominated by stalls of 250-350 ms that appear in some back-to-back "
-        "wrk runs (a fresh set of 64 connections right after the last run's closed) and never on the P2P path. "
-        "Not yet explained; ruled out so far: garbage collection (every pause under 2 ms, measured with "
-        "`gc.callbacks`), TCP retransmissions (none, `/proc/net/snmp`), the per-call timeout scope, and leaks "
-        "(RSS flat). After a 7 s pause between runs they do not appear.",
+        "At 64 clients p99 is dominated by occasional stalls of 100-480 ms that hit a few dozen requests of a run, "
+        "more often the local tool's than the P2P tool's. They come and go between identical runs, and an independent "
+        "client shows them too (`.venv/bin/python -m bench.tail_check`: wrk and an asyncio client back to back), so "
+        "they are not wrk's. Not yet explained; ruled out: garbage collection (every pause under 2 ms, measured with "
+        "`gc.callbacks`), a blocked event loop (a 5 ms ticker in the gateway never lagged over 35 ms), TCP "
+        "retransmissions (none, `/proc/net/snmp`), CPU steal (none, `vmstat`), the per-call timeout scope and "
+        "leaks (RSS flat).",
         "",
         "![latency and throughput against concurrency](benchmarks-bridge.png)",
         "",
