@@ -25,11 +25,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 
 
-_PORT_BLOCK = 4000
-_PORT_BASE = 20000
+_PORT_BLOCK = int(os.environ.get("TEST_PORT_BLOCK", "4000"))
+_PORT_BASE = int(os.environ.get("TEST_PORT_BASE", "20000"))
 """Ports are handed out below the kernel's ephemeral range (32768 and up here), so an outgoing connection
 never takes one between free_port() and the bind, and each pytest-xdist worker gets its own block, so two
-workers never hand out the same port."""
+workers never hand out the same port.  ``TEST_PORT_BASE`` / ``TEST_PORT_BLOCK`` move the blocks, so that
+two test runs on one machine (two checkouts) do not hand out the same ports either."""
 _next_port = itertools.count()
 
 
