@@ -16,33 +16,36 @@ import asyncio
 import json
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import anyio
 import mcp_types as types
 from mcp.server import Server
-from mcp.server.context import ServerRequestContext
+from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.lowlevel.server import NotificationOptions
 from mcp.server.models import InitializationOptions
 from mcp.server.session import ServerSession
-from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ToolsListChanged
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPError
-from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
+from mcp_types import METHOD_NOT_FOUND
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
+from pydantic import ValidationError
 
 from gateway import __version__
 from gateway.errors import MCP_PROTOCOL_ERRORS
+from gateway.mcp_http import McpFrontDoor
 from gateway.registry import ToolRegistry
+from gateway.results import encode_json, is_call_tool_result
 from gateway.router import RuntimeRouter
 from shared_schema import BridgeError, ToolSpec
 
 log = logging.getLogger(__name__)
 
 META_PREFIX = "io.github.mcp-p2p/"
-MAX_NOTIFIED_SESSIONS = 10_000
 
 
 def _client_address(ctx: ServerRequestContext[Any]) -> str | None:
@@ -76,8 +79,19 @@ def spec_to_mcp(spec: ToolSpec) -> types.Tool:
 
 
 def result_to_mcp(result: Any) -> types.CallToolResult:
-    structured = result if isinstance(result, dict) else {"result": result}
-    text = json.dumps(result, separators=(",", ":"), ensure_ascii=False, default=str)
+    """A tool's result as MCP sees it: its own content blocks, or its JSON as text plus structured content."""
+    if is_call_tool_result(result):
+        try:
+            return types.CallToolResult.model_validate(result)
+        except ValidationError:
+            pass  # shaped like content but not valid content: it is data
+    try:
+        text = encode_json(result)
+    except BridgeError as exc:
+        return error_to_mcp(exc)
+    # Parsed back so the structured content holds exactly what the text says (no object JSON cannot carry).
+    decoded = json.loads(text) if not isinstance(result, str | int | float | bool) else result
+    structured = decoded if isinstance(decoded, dict) else {"result": decoded}
     return types.CallToolResult(content=[types.TextContent(type="text", text=text)], structured_content=structured)
 
 
@@ -93,6 +107,30 @@ def error_to_mcp(exc: BridgeError) -> types.CallToolResult:
     )
 
 
+REMOVED_IN_MODERN_ERA: dict[str, str] = {
+    "ping": "send server/discover to check that the server answers",
+    "logging/setLevel": "set io.modelcontextprotocol/logLevel in a request's _meta instead",
+}
+"""Methods 2026-07-28 removed (SEP-2575), and what to do instead."""
+
+
+async def explain_removed_methods(ctx: ServerRequestContext[Any], call_next: CallNext) -> HandlerResult:
+    """A 2026-07-28 request for a method that version removed gets the spec's 404 / -32601, and says why.
+
+    The spec is explicit: ``ping`` is not part of 2026-07-28, and a method the
+    server does not implement answers HTTP 404 with JSON-RPC -32601.  A client
+    that still sends it (fastmcp's ``Client.ping()`` does) learns what to send.
+    """
+    try:
+        return await call_next(ctx)
+    except MCPError as exc:
+        hint = REMOVED_IN_MODERN_ERA.get(ctx.method)
+        if exc.code != METHOD_NOT_FOUND or hint is None or ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS:
+            raise
+        message = f"Method not found: {ctx.method} is not part of protocol version {ctx.protocol_version}; {hint}"
+        raise MCPError(code=METHOD_NOT_FOUND, message=message, data=ctx.method) from None
+
+
 class _GatewayServer(Server[Any]):
     """Advertises ``tools.listChanged`` to handshake-era clients (the SDK defaults it off)."""
 
@@ -106,7 +144,15 @@ class GatewayMCP:
     """Owns the SDK server, its session manager, and change notification."""
 
     def __init__(
-        self, registry: ToolRegistry, router: RuntimeRouter, *, max_body_bytes: int, json_response: bool = True
+        self,
+        registry: ToolRegistry,
+        router: RuntimeRouter,
+        *,
+        max_body_bytes: int,
+        json_response: bool = True,
+        max_sessions: int = 10_000,
+        session_idle_timeout: float = 1800.0,
+        on_reject: Callable[[str], None] = lambda _limit: None,
     ) -> None:
         self._registry = registry
         self._router = router
@@ -128,25 +174,44 @@ class GatewayMCP:
             on_subscriptions_listen=self._listen,
             get_tool_input_schema=self._input_schema,
         )
+        self.server.middleware.append(explain_removed_methods)
         # Host/Origin checks are done by gateway.security.HostOriginGuard, which
         # knows the configured hosts; the SDK still checks Content-Type.
         # One JSON body per answer unless configured otherwise: handshake-era answers sent as an SSE
         # stream took twice as long at p50 and stalled ~40 ms on 1-2% of calls (docs/benchmarks.md);
         # the stream is only needed for notifications sent during a call, which no tool here sends.
         # subscriptions/listen and the GET stream stay SSE either way.
+        security = TransportSecuritySettings(enable_dns_rebinding_protection=False)
+        self._max_sessions = max_sessions
         self.session_manager = StreamableHTTPSessionManager(
             app=self.server,
             json_response=json_response,
             stateless=False,
-            security_settings=TransportSecuritySettings(enable_dns_rebinding_protection=False),
+            security_settings=security,
             max_request_body_size=max_body_bytes,
+            max_sessions=max_sessions,
+            session_idle_timeout=session_idle_timeout,
         )
-        self.asgi_app = StreamableHTTPASGIApp(self.session_manager)
+        # A 2026-07-28 call that asks for progress is answered as a stream even when answers are JSON
+        # bodies (it holds no session, so a second manager can serve it); see gateway/mcp_http.py.
+        self.streaming_manager: StreamableHTTPSessionManager | None = None
+        if json_response:
+            self.streaming_manager = StreamableHTTPSessionManager(
+                app=self.server,
+                json_response=False,
+                stateless=True,
+                security_settings=security,
+                max_request_body_size=max_body_bytes,
+            )
+        self.asgi_app = McpFrontDoor(self.session_manager, streaming=self.streaming_manager, on_reject=on_reject)
         registry.on_change(self._changed.set)
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
-        async with self.session_manager.run():
+        async with AsyncExitStack() as stack:
+            await stack.enter_async_context(self.session_manager.run())
+            if self.streaming_manager is not None:
+                await stack.enter_async_context(self.streaming_manager.run())
             notifier = asyncio.create_task(self._notify_changes(), name="mcp-tools-changed")
             try:
                 yield
@@ -163,7 +228,7 @@ class GatewayMCP:
         if session_id is not None and ctx.protocol_version in HANDSHAKE_PROTOCOL_VERSIONS:
             self._sessions[session_id] = ctx.session
             self._sessions.move_to_end(session_id)
-            while len(self._sessions) > MAX_NOTIFIED_SESSIONS:
+            while len(self._sessions) > self._max_sessions:
                 self._sessions.popitem(last=False)
         await self._registry.prepare_listing()
         return self.listing()

@@ -33,6 +33,7 @@ from gateway.rest_models import (
     ToolList,
     ToolSuccess,
 )
+from gateway.results import encode_json
 from gateway.router import RuntimeRouter
 from shared_schema import BridgeError, ErrorCode, ToolSpec
 
@@ -122,9 +123,12 @@ def _check_call(payload: Any) -> tuple[str, dict[str, Any]]:
     return name, arguments
 
 
+def _json_text(content: Any) -> str:
+    return json.dumps(content, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
 def _json(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    body = json.dumps(content, separators=(",", ":"), ensure_ascii=False, default=str).encode()
-    return Response(body, status_code=status, media_type="application/json", headers=headers)
+    return Response(_json_text(content).encode(), status_code=status, media_type="application/json", headers=headers)
 
 
 def _client(request: Request) -> str | None:
@@ -196,11 +200,14 @@ def build_rest_router(registry: ToolRegistry, router: RuntimeRouter) -> APIRoute
             return _json({"tool": tool_name, "status": "error", "error": error}, 422)
         try:
             result = await router.call(tool_name, parameters, client=_client(request))
+            encoded = encode_json(result)
         except BridgeError as exc:
             headers = {"Retry-After": "1"} if exc.code in RETRYABLE else None
             body = {"tool": tool_name, "status": "error", "error": exc.info.to_wire()}
             return _json(body, HTTP_STATUS.get(exc.code, 500), headers)
-        return _json({"tool": tool_name, "status": "success", "result": result})
+        # The result is encoded once (above) and spliced into the envelope.
+        prefix = _json_text({"tool": tool_name, "status": "success"})[:-1]
+        return Response(f'{prefix},"result":{encoded}}}'.encode(), media_type="application/json")
 
     async def tools_listing(request_id: Any) -> Response:
         await registry.prepare_listing()
@@ -272,6 +279,7 @@ def build_rest_router(registry: ToolRegistry, router: RuntimeRouter) -> APIRoute
         request_id = payload.get("id")
         try:
             result = await router.call(name, arguments, client=_client(request))
+            text = encode_json(result)
         except BridgeError as exc:
             code = REST_JSONRPC_ERRORS.get(exc.code)
             if exc.code is ErrorCode.RATE_LIMITED:  # not accepted at all: say so in HTTP terms too
@@ -283,8 +291,8 @@ def build_rest_router(registry: ToolRegistry, router: RuntimeRouter) -> APIRoute
             content = [{"type": "text", "text": f"{exc.code.value}: {exc.message}"}]
             error_result = {"content": content, "structuredContent": {"error": exc.info.to_wire()}, "isError": True}
             return _json({"jsonrpc": "2.0", "id": request_id, "result": error_result})
-        text = json.dumps(result, separators=(",", ":"), ensure_ascii=False, default=str)
-        structured = result if isinstance(result, dict) else {"result": result}
+        decoded = json.loads(text)
+        structured = decoded if isinstance(decoded, dict) else {"result": decoded}
         call_result = {"content": [{"type": "text", "text": text}], "structuredContent": structured, "isError": False}
         return _json({"jsonrpc": "2.0", "id": request_id, "result": call_result})
 

@@ -49,6 +49,15 @@ class GatewaySettings(BaseSettings):
         description="Answer each /mcp request with one JSON body; false streams answers as SSE "
         "(only needed for notifications sent during a call).",
     )
+    mcp_max_sessions: int = Field(
+        10_000,
+        ge=1,
+        description="Handshake-era MCP sessions open at once; a client opening one more gets 503 with Retry-After "
+        "(2026-07-28 requests hold no session).",
+    )
+    mcp_session_idle_timeout: float = Field(
+        1800.0, gt=0, description="Seconds an MCP session may go without a request before it is closed (then 404)."
+    )
     opentelemetry: bool = Field(
         False, description="Run FastAPI's native OpenTelemetry instrumentation (needs configured OTel providers)."
     )
