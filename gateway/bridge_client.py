@@ -37,6 +37,7 @@ from gateway.settings import GatewaySettings
 from gateway.zmq_asyncio import AsyncioZmqSocket
 from shared_schema import BridgeError, DecodeError, Envelope, ErrorCode, ErrorInfo, Kind, ToolSpec, decode, encode
 from shared_schema.curve import CurveKeyPair, load_keypair, load_public_key
+from shared_schema.progress import Progress, Sink
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,8 @@ class BridgeClient:
         self._hello_body = hello_body
         self._max_frame = settings.bridge_max_frame_bytes
         self._pending: dict[str, asyncio.Future[Envelope]] = {}
+        self._progress: dict[str, Sink] = {}
+        """Where each P2P call that asked for progress wants its updates."""
         self._inbound: set[asyncio.Task[None]] = set()
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(4).hex() + "-"
@@ -145,8 +148,19 @@ class BridgeClient:
     def available(self) -> bool:
         return self.state is SidecarState.UP
 
-    async def call(self, tool: str, arguments: dict[str, Any], *, timeout: float, trace_id: str | None = None) -> Any:
-        """Run a P2P tool in the sidecar and return its result, or raise ``BridgeError``."""
+    async def call(
+        self,
+        tool: str,
+        arguments: dict[str, Any],
+        *,
+        timeout: float,
+        trace_id: str | None = None,
+        progress: Sink | None = None,
+    ) -> Any:
+        """Run a P2P tool in the sidecar and return its result, or raise ``BridgeError``.
+
+        ``progress`` receives the PROGRESS updates the sidecar sends for this call while it runs.
+        """
         if self.state is not SidecarState.UP:
             raise BridgeError(ErrorCode.UNAVAILABLE, f"P2P sidecar unavailable ({self.state_reason})")
         if len(self._pending) >= self._settings.bridge_max_in_flight:
@@ -165,7 +179,13 @@ class BridgeClient:
             raise BridgeError(
                 ErrorCode.TOO_LARGE, f"call of {len(frame)} bytes exceeds the bridge frame limit of {self._max_frame}"
             )
-        reply = await self._round_trip(call_id, frame, timeout)
+        if progress is not None:
+            self._progress[call_id] = progress
+        try:
+            reply = await self._round_trip(call_id, frame, timeout)
+        finally:
+            if progress is not None:
+                self._progress.pop(call_id, None)
         if reply is None:
             self._send(encode(Envelope(Kind.CANCEL, id=call_id)))
             raise BridgeError(
@@ -322,6 +342,11 @@ class BridgeClient:
                 self._send_hello()  # the catalog changed and we missed the push
         elif kind is Kind.PING:
             self._send(encode(Envelope(Kind.PONG, id=envelope.id)))
+        elif kind is Kind.PROGRESS:
+            sink = self._progress.get(envelope.id)
+            update = Progress.from_wire(envelope.body)
+            if sink is not None and update is not None:
+                sink(update)
         elif kind is Kind.CANCEL:
             pass  # inbound calls are short and bounded by their own deadline
         else:
@@ -342,6 +367,10 @@ class BridgeClient:
         self.sidecar_info = body.get("node") if isinstance(body.get("node"), dict) else {}
         self._on_catalog(specs)
         self._set_state(SidecarState.UP, f"catalog of {len(specs)} tools received")
+
+    def send_progress(self, call_id: str, update: Progress) -> None:
+        """Tell the sidecar how far an inbound call ``call_id`` has come."""
+        self._send(encode(Envelope(Kind.PROGRESS, id=call_id, body=update.to_wire())))
 
     # -- calls in from the sidecar (remote peers) -------------------------------
     def _start_inbound(self, envelope: Envelope) -> None:

@@ -41,7 +41,7 @@ from gateway.mcp_http import McpFrontDoor
 from gateway.registry import ToolRegistry
 from gateway.results import encode_json, is_call_tool_result
 from gateway.router import RuntimeRouter
-from shared_schema import BridgeError, ToolSpec
+from shared_schema import BridgeError, Progress, ToolSpec
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +129,45 @@ async def explain_removed_methods(ctx: ServerRequestContext[Any], call_next: Cal
             raise
         message = f"Method not found: {ctx.method} is not part of protocol version {ctx.protocol_version}; {hint}"
         raise MCPError(code=METHOD_NOT_FOUND, message=message, data=ctx.method) from None
+
+
+class ProgressRelay:
+    """Sends a call's progress to its MCP client as ``notifications/progress``, in order, never piling up.
+
+    Updates arrive on the event loop (from the tool, or from the sidecar over
+    the bridge); one sender task at a time delivers them, and updates that
+    arrive while it is sending are coalesced to the newest.  They reach the
+    client on the call's own response stream, so only when that answer streams
+    (``GATEWAY_MCP_JSON_RESPONSE=false``, or a 2026-07-28 request that carries
+    a ``progressToken``); with one JSON body per answer they have no wire.
+    """
+
+    def __init__(self, ctx: ServerRequestContext[Any], token: str | int) -> None:
+        self._ctx = ctx
+        self._token = token
+        self._next: Progress | None = None
+        self._sender: asyncio.Task[None] | None = None
+
+    def put(self, update: Progress) -> None:
+        self._next = update
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.create_task(self._send(), name="mcp-progress")
+
+    async def _send(self) -> None:
+        while self._next is not None:
+            update, self._next = self._next, None
+            try:
+                await self._ctx.session.send_progress_notification(
+                    self._token, update.done, update.total, update.message, related_request_id=self._ctx.request_id
+                )
+            except Exception as exc:  # noqa: BLE001 - the client went away: progress is best effort
+                log.debug("progress for request %s not delivered: %r", self._ctx.request_id, exc)
+                return
+
+    async def flush(self) -> None:
+        """Wait until the updates so far are sent (before the call's answer goes out)."""
+        if self._sender is not None:
+            await asyncio.gather(self._sender, return_exceptions=True)
 
 
 class _GatewayServer(Server[Any]):
@@ -248,10 +287,17 @@ class GatewayMCP:
     async def _call_tool(
         self, ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
     ) -> types.CallToolResult:
+        token = (ctx.meta or {}).get("progress_token")
+        relay = ProgressRelay(ctx, token) if token is not None else None
         try:
-            result = await self._router.call(params.name, params.arguments, client=_client_address(ctx))
+            result = await self._router.call(
+                params.name, params.arguments, client=_client_address(ctx), progress=relay.put if relay else None
+            )
         except BridgeError as exc:
             return error_to_mcp(exc)
+        finally:
+            if relay is not None:
+                await relay.flush()
         return result_to_mcp(result)
 
     # -- change notification -----------------------------------------------------

@@ -129,7 +129,7 @@ class ToolRegistry:
         if collection is None or name in self._local:
             return
         if collection.has_candidates(name):
-            await anyio.to_thread.run_sync(collection.resolve_name, name)
+            self._install(await anyio.to_thread.run_sync(collection.resolve_name, name))
         self._install(collection.modules_of(name.partition(".")[0]))
 
     def _install(self, modules: Iterable[LazyModule]) -> None:

@@ -22,6 +22,7 @@ import anyio.to_thread
 from pydantic import BaseModel
 
 from shared_schema.errors import BridgeError, ErrorCode
+from shared_schema.progress import Sink, progress_sink
 from shared_schema.signature import ArgumentsInvalid, Signature
 from shared_schema.tool_metadata import METADATA_ATTRIBUTE, P2P_RUNTIME, RUNTIME_ATTRIBUTE, ToolMetadata, ToolSpec
 
@@ -96,19 +97,23 @@ class FunctionTool:
         )
         return cls(fn=fn, spec=spec, signature=signature, is_async=inspect.iscoroutinefunction(fn))
 
-    async def invoke(self, arguments: dict[str, Any], timeout: float | None) -> Any:
+    async def invoke(self, arguments: dict[str, Any], timeout: float | None, progress: Sink | None = None) -> Any:
         """Validate, run, and return a JSON-able result, or raise ``BridgeError``.
 
         ``timeout`` (seconds) bounds the run with its own cancel scope; pass
         None when the caller's scope already carries the deadline (the
         sidecar's bridge does), which saves a scope per call on the hot path.
+        ``progress`` receives what the tool reports with ``report_progress``.
         """
         try:
             kwargs = self.signature.bind(arguments)
         except ArgumentsInvalid as exc:
             raise BridgeError(ErrorCode.INVALID_ARGUMENTS, str(exc), {"errors": exc.errors}) from None
         try:
-            with anyio.fail_after(timeout) if timeout is not None else contextlib.nullcontext():
+            with (
+                anyio.fail_after(timeout) if timeout is not None else contextlib.nullcontext(),
+                progress_sink(progress),
+            ):
                 if self.is_async:
                     result = await self.fn(**kwargs)
                 else:
@@ -123,4 +128,8 @@ class FunctionTool:
             raise BridgeError(ErrorCode.TOOL_ERROR, f"{type(exc).__name__}: {exc}") from exc
         if self.metadata.deprecated and isinstance(result, dict):
             result = {**result, "_deprecated": self.metadata.deprecation_message or "this tool is deprecated"}
-        return to_jsonable(result)
+        try:
+            return to_jsonable(result)
+        except RecursionError:
+            message = "the tool's result cannot be encoded as JSON: it contains itself or nests too deeply"
+            raise BridgeError(ErrorCode.TOOL_ERROR, message) from None

@@ -11,7 +11,9 @@ Naming (``select_functions``), for a module ``<category>/<stem>.py``:
    module holding several functions exposes each, and a module whose single
    function is named differently from the file exposes it under the
    function's own name.
-3. Each tool is named ``<category>.<function>``: ``dataset_tools.load_dataset``.
+3. Each tool is named ``<category>.<function>``: ``dataset_tools.load_dataset``,
+   or ``<function>`` alone in a category whose ``category.json`` says
+   ``"bare_names": true``.
 
 Runtime (``tool_metadata_for``), the seed's runtime router's order:
 
@@ -61,6 +63,8 @@ def select_functions(loaded: Any, source: ModuleSource) -> list[tuple[str, Calla
     chosen = [(name, fn) for name, fn in public if source.stem in name]
     if not chosen:
         chosen = [(name, fn) for name, fn in public if fn.__module__ == loaded.__name__]
+    if source.bare_names:
+        return chosen
     return [(f"{source.category}.{name}", fn) for name, fn in chosen]
 
 
