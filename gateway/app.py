@@ -80,6 +80,9 @@ class Gateway:
             max_sessions=settings.mcp_max_sessions,
             session_idle_timeout=settings.mcp_session_idle_timeout,
             on_reject=self.count_rejection,
+            tasks=settings.mcp_tasks,
+            task_poll_interval=settings.mcp_task_poll_interval,
+            task_min_timeout=settings.mcp_task_min_timeout,
         )
         self.stopping = False
         self._background: set[asyncio.Task[None]] = set()

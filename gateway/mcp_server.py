@@ -38,6 +38,7 @@ from pydantic import ValidationError
 from gateway import __version__
 from gateway.errors import MCP_PROTOCOL_ERRORS
 from gateway.mcp_http import McpFrontDoor
+from gateway.mcp_tasks import QueueTasksExtension, apply_extension
 from gateway.registry import ToolRegistry
 from gateway.results import encode_json, is_call_tool_result
 from gateway.router import RuntimeRouter
@@ -60,7 +61,7 @@ def _session_id(ctx: ServerRequestContext[Any]) -> str | None:
     return headers.get("mcp-session-id") if headers is not None else None
 
 
-def spec_to_mcp(spec: ToolSpec) -> types.Tool:
+def spec_to_mcp(spec: ToolSpec, task_support: str = "forbidden") -> types.Tool:
     meta: dict[str, Any] = {
         f"{META_PREFIX}runtime": "p2p" if spec.metadata.runs_on_p2p else "local",
         f"{META_PREFIX}category": spec.metadata.category,
@@ -75,6 +76,9 @@ def spec_to_mcp(spec: ToolSpec) -> types.Tool:
     }
     if spec.annotations:
         wire["annotations"] = spec.annotations
+    if task_support != "forbidden":  # the Tasks extension's per-tool declaration (absent means forbidden)
+        wire["execution"] = {"taskSupport": task_support}
+        meta[f"{META_PREFIX}taskSupport"] = task_support
     return types.Tool.model_validate(wire)
 
 
@@ -93,6 +97,15 @@ def result_to_mcp(result: Any) -> types.CallToolResult:
     decoded = json.loads(text) if not isinstance(result, str | int | float | bool) else result
     structured = decoded if isinstance(decoded, dict) else {"result": decoded}
     return types.CallToolResult(content=[types.TextContent(type="text", text=text)], structured_content=structured)
+
+
+def _error_result(exc: BridgeError) -> types.CallToolResult:
+    """``error_to_mcp`` for a failure that already happened: always a result, even for protocol-level codes."""
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text=f"{exc.code.value}: {exc.message}")],
+        structured_content={"error": exc.info.to_wire()},
+        is_error=True,
+    )
 
 
 def error_to_mcp(exc: BridgeError) -> types.CallToolResult:
@@ -171,11 +184,15 @@ class ProgressRelay:
 
 
 class _GatewayServer(Server[Any]):
-    """Advertises ``tools.listChanged`` to handshake-era clients (the SDK defaults it off)."""
+    """Advertises ``tools.listChanged`` to handshake-era clients (the SDK defaults it off).
+
+    Extensions (MCP Tasks) are served in the 2026-07-28 era only, so ``initialize`` does not advertise them.
+    """
 
     def create_initialization_options(self, *args: Any, **kwargs: Any) -> InitializationOptions:
         if not args and "notification_options" not in kwargs:
             kwargs["notification_options"] = NotificationOptions(tools_changed=True)
+        kwargs.setdefault("extensions", {})
         return super().create_initialization_options(*args, **kwargs)
 
 
@@ -192,6 +209,9 @@ class GatewayMCP:
         max_sessions: int = 10_000,
         session_idle_timeout: float = 1800.0,
         on_reject: Callable[[str], None] = lambda _limit: None,
+        tasks: bool = True,
+        task_poll_interval: float = 1.0,
+        task_min_timeout: float = 60.0,
     ) -> None:
         self._registry = registry
         self._router = router
@@ -214,6 +234,18 @@ class GatewayMCP:
             get_tool_input_schema=self._input_schema,
         )
         self.server.middleware.append(explain_removed_methods)
+        # MCP Tasks from the sidecar's durable queue (gateway/mcp_tasks.py); only with a sidecar to hold them.
+        self.tasks: QueueTasksExtension | None = None
+        if tasks and router.bridge is not None:
+            self.tasks = QueueTasksExtension(
+                registry,
+                self._queue_call,
+                to_result=result_to_mcp,
+                error_result=_error_result,
+                poll_interval=task_poll_interval,
+                min_timeout=task_min_timeout,
+            )
+            apply_extension(self.server, self.tasks, self._call_tool)
         # Host/Origin checks are done by gateway.security.HostOriginGuard, which
         # knows the configured hosts; the SDK still checks Content-Type.
         # One JSON body per answer unless configured otherwise: handshake-era answers sent as an SSE
@@ -276,7 +308,9 @@ class GatewayMCP:
         revision = self._registry.revision
         if self._listing is None or self._listing[0] != revision:
             specs = self._registry.specs()
-            self._listing = (revision, types.ListToolsResult(tools=[spec_to_mcp(spec) for spec in specs]))
+            tasks = self.tasks
+            tools = [spec_to_mcp(spec, tasks.support_of(spec.name) if tasks else "forbidden") for spec in specs]
+            self._listing = (revision, types.ListToolsResult(tools=tools))
             self._schemas = {spec.name: spec.input_schema for spec in specs}
         return self._listing[1]
 
@@ -299,6 +333,10 @@ class GatewayMCP:
             if relay is not None:
                 await relay.flush()
         return result_to_mcp(result)
+
+    async def _queue_call(self, tool: str, arguments: dict[str, Any]) -> Any:
+        """One of the sidecar queue's tools, called over the bridge like any P2P tool."""
+        return await self._router.call(tool, arguments)
 
     # -- change notification -----------------------------------------------------
     async def _notify_changes(self) -> None:

@@ -108,6 +108,24 @@ class RuntimeRouter:
             if not self.in_flight and self._drained is not None:
                 self._drained.set()
 
+    async def _serve_inbound_p2p(self, envelope: Envelope, name: str) -> Envelope:
+        bridge = self.bridge
+        assert bridge is not None
+        remaining = (envelope.deadline - time.time()) if envelope.deadline else self._timeout_cap
+        if remaining <= 0:
+            return envelope.fail(ErrorInfo(ErrorCode.TIMEOUT, "deadline passed before the call started"))
+
+        def forward(update: Progress) -> None:
+            bridge.send_progress(envelope.id, update)
+
+        try:
+            result = await bridge.call(
+                name, envelope.arguments or {}, timeout=min(remaining, self._timeout_cap), progress=forward
+            )
+        except BridgeError as exc:
+            return envelope.fail(exc.info)
+        return envelope.reply(result)
+
     async def wait_idle(self) -> None:
         """Return once no call is in flight (used on SIGTERM)."""
         if self.in_flight:
@@ -115,10 +133,17 @@ class RuntimeRouter:
             await self._drained.wait()
 
     async def serve_inbound(self, envelope: Envelope) -> Envelope:
-        """A call that came over the bridge from a remote peer: only this gateway's local tools answer."""
+        """A call that came over the bridge: this gateway's local tools answer, and P2P tools go back to the sidecar.
+
+        The sidecar calls in for remote peers (only gateway tools it was allowed to expose, so never a
+        P2P tool) and for its task queue's ``tool`` tasks, which may name any tool a client could call,
+        P2P ones included (an MCP task of a P2P tool runs this way, on whichever node claimed it).
+        """
         name = envelope.tool or ""
         await self.registry.resolve(name)
         tool = self.registry.local_tool(name)
+        if tool is None and self.bridge is not None and self.registry.announced(name):
+            return await self._serve_inbound_p2p(envelope, name)
         if tool is None:
             return envelope.fail(ErrorInfo(ErrorCode.UNKNOWN_TOOL, f"no local tool {name!r} on this gateway"))
         remaining = (envelope.deadline - time.time()) if envelope.deadline else tool.metadata.timeout_seconds

@@ -58,6 +58,20 @@ class GatewaySettings(BaseSettings):
     mcp_session_idle_timeout: float = Field(
         1800.0, gt=0, description="Seconds an MCP session may go without a request before it is closed (then 404)."
     )
+    mcp_tasks: bool = Field(
+        True,
+        description="Serve the MCP Tasks extension (2026-07-28 clients get task handles for tools that support tasks; "
+        "the tasks live in the sidecar's queue).",
+    )
+    mcp_task_poll_interval: float = Field(
+        1.0, gt=0, description="Seconds between tasks/get polls suggested to clients (pollIntervalMs)."
+    )
+    mcp_task_min_timeout: float = Field(
+        60.0,
+        gt=0,
+        description="Tools with a timeout_seconds at least this long support tasks unless their metadata says "
+        "otherwise (task_support).",
+    )
     opentelemetry: bool = Field(
         False, description="Run FastAPI's native OpenTelemetry instrumentation (needs configured OTel providers)."
     )
