@@ -76,8 +76,10 @@ def spec_to_mcp(spec: ToolSpec, task_support: str = "forbidden") -> types.Tool:
     }
     if spec.annotations:
         wire["annotations"] = spec.annotations
-    if task_support != "forbidden":  # the Tasks extension's per-tool declaration (absent means forbidden)
-        wire["execution"] = {"taskSupport": task_support}
+    if task_support != "forbidden":
+        # Whether a 2026-07-28 client declaring the Tasks extension gets a task handle.  Not as
+        # execution.taskSupport: 2026-07-28 has no such field (the SDK drops it), and in the handshake
+        # era it would invite 2025-11-25 task-augmented calls this server does not serve.
         meta[f"{META_PREFIX}taskSupport"] = task_support
     return types.Tool.model_validate(wire)
 
