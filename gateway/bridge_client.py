@@ -86,6 +86,8 @@ class BridgeClient:
         self._progress: dict[str, Sink] = {}
         """Where each P2P call that asked for progress wants its updates."""
         self._inbound: set[asyncio.Task[None]] = set()
+        self._inbound_by_id: dict[str, asyncio.Task[None]] = {}
+        """Inbound calls by id, so the sidecar's CANCEL stops the one it gave up on."""
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(4).hex() + "-"
         self._sock: AsyncioZmqSocket | None = None
@@ -183,6 +185,9 @@ class BridgeClient:
             self._progress[call_id] = progress
         try:
             reply = await self._round_trip(call_id, frame, timeout)
+        except asyncio.CancelledError:
+            self._send(encode(Envelope(Kind.CANCEL, id=call_id)))  # our caller gave up: the sidecar may stop
+            raise
         finally:
             if progress is not None:
                 self._progress.pop(call_id, None)
@@ -348,7 +353,9 @@ class BridgeClient:
             if sink is not None and update is not None:
                 sink(update)
         elif kind is Kind.CANCEL:
-            pass  # inbound calls are short and bounded by their own deadline
+            task = self._inbound_by_id.get(envelope.id)
+            if task is not None:  # the sidecar gave up (a cancelled task, a caller's deadline): stop the work
+                task.cancel()
         else:
             self._drop("unexpected_kind", f"the gateway does not accept {kind.value!r} frames")
 
@@ -381,9 +388,16 @@ class BridgeClient:
         task = asyncio.create_task(self._serve_inbound(envelope), name=f"inbound-{envelope.tool}")
         self._inbound.add(task)
         task.add_done_callback(self._inbound.discard)
+        if envelope.id and envelope.id not in self._inbound_by_id:
+            self._inbound_by_id[envelope.id] = task
+            task.add_done_callback(lambda _task, call_id=envelope.id: self._inbound_by_id.pop(call_id, None))
 
     async def _serve_inbound(self, envelope: Envelope) -> None:
-        reply = await self._on_inbound_call(envelope)
+        try:
+            reply = await self._on_inbound_call(envelope)
+        except asyncio.CancelledError:
+            self._metrics.inbound_calls.labels(ErrorCode.CANCELLED.value).inc()
+            raise  # cancelled by the sidecar's CANCEL or at shutdown: nobody waits for an answer
         try:
             frame = encode(reply)
         except (TypeError, ValueError, OverflowError) as exc:

@@ -424,8 +424,12 @@ class BridgeServer:
         try:
             if not self._send(link.identity, envelope):
                 raise BridgeError(ErrorCode.UNAVAILABLE, "the gateway's connection refused the call")
-            with trio.move_on_after(timeout):
-                await pending.done.wait()
+            try:
+                with trio.move_on_after(timeout):
+                    await pending.done.wait()
+            except trio.Cancelled:  # our caller gave up (a cancelled task): the gateway may stop the work
+                self._send(link.identity, Envelope(Kind.CANCEL, id=call_id))
+                raise
             if pending.reply is None:
                 self._send(link.identity, Envelope(Kind.CANCEL, id=call_id))
                 raise BridgeError(ErrorCode.TIMEOUT, f"gateway tool {tool!r} did not answer within {timeout:.3g}s")

@@ -84,6 +84,10 @@ def _tool(gateway: Proc, name: str, arguments: dict[str, Any]) -> dict[str, Any]
     return answer.json()["result"]
 
 
+def _metrics(base_url: str) -> str:
+    return httpx.get(base_url + "/metrics", timeout=10).text
+
+
 def _requester(gateway: Proc, mode: str, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
     url = gateway.extra["url"] + "/mcp"
     done = run_node(REQUESTER, url, mode, tool, json.dumps(arguments), timeout=120)
@@ -116,12 +120,16 @@ def test_requester_gets_a_handle_at_once_and_polls_to_the_tool_result(stack: tup
 
 
 def test_requester_cancels_a_running_task(stack: tuple[Proc, Proc]) -> None:
-    gateway, _ = stack
+    gateway, sidecar = stack
     answer = _requester(gateway, "cancel", SLOW, {"steps": 40, "seconds_per_step": 0.5})
     assert answer["kind"] == "task" and answer["status"] == "cancelled", answer
     assert _tool(gateway, "task_status", {"task_id": answer["taskId"]})["status"] == "cancelled"
     status, body = _rpc(gateway, "tasks/get", {"taskId": answer["taskId"]})
     assert status == 200 and body["result"]["status"] == "cancelled"
+    # the work stopped too: the queue's worker gave up its call, the gateway its forwarded call, the sidecar its tool
+    wait_for(lambda: 'gateway_inbound_calls_total{outcome="cancelled"}' in _metrics(gateway.extra["url"]), 10)
+    admin = f"http://127.0.0.1:{sidecar.extra['admin_port']}"
+    wait_for(lambda: 'sidecar_tool_calls_total{outcome="cancelled"}' in _metrics(admin), 10)
 
 
 def test_clients_without_the_extension_get_plain_calls_or_32021(stack: tuple[Proc, Proc]) -> None:
