@@ -113,9 +113,17 @@ def _check_sleep(payload: Any) -> None:
 
 @with_validator(_check_sleep)
 async def run_sleep(payload: Any, context: TaskContext) -> Any:
-    """Sleeps ``payload.seconds`` (0-86400) and returns ``payload.result`` if given: a stand-in for slow work."""
+    """Sleeps ``payload.seconds`` (0-86400) and returns ``payload.result`` if given: a stand-in for slow work.
+
+    Reports its progress (seconds slept of the total) about once a second, as a long executor should.
+    """
     _check_sleep(payload)
-    await trio.sleep(float(payload["seconds"]))
+    total = float(payload["seconds"])
+    deadline = trio.current_time() + total
+    while (left := deadline - trio.current_time()) > 0:
+        if total >= 1.0:
+            context.report_progress("sleeping", done=round(total - left, 3), total=total)
+        await trio.sleep(min(left, 1.0))
     return {"slept_s": payload["seconds"], "result": payload.get("result")}
 
 

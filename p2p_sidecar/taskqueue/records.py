@@ -222,6 +222,7 @@ class Ended:
     task_id: str
     status: TaskStatus
     workflow_id: str | None
+    step_id: str | None = None
 
 
 EndedHook = Callable[[list[Ended]], None]

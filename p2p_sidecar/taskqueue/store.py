@@ -467,6 +467,30 @@ class TaskStore:
         rows = self.db.execute("SELECT * FROM tasks WHERE workflow_id = ?", (workflow_id,))
         return {record.step_id: record for record in map(_record, rows) if record.step_id is not None}
 
+    def workflow_task_states(self, workflow_id: str) -> dict[str, tuple[TaskStatus, int, dict[str, Any] | None]]:
+        """The status, failures and error of a workflow's step tasks, by step id: what advancing it needs,
+        without decoding payloads and results."""
+        rows = self.db.execute(
+            "SELECT step_id, status, failures, error FROM tasks WHERE workflow_id = ? AND step_id IS NOT NULL",
+            (workflow_id,),
+        )
+        return {
+            row[0]: (TaskStatus(row[1]), row[2], json.loads(row[3]) if row[3] is not None else None) for row in rows
+        }
+
+    def step_results(self, workflow_id: str, step_ids: Iterable[str]) -> dict[str, Any]:
+        """The recorded results of some completed steps of a workflow."""
+        wanted = list(step_ids)
+        if not wanted:
+            return {}
+        marks = ",".join("?" * len(wanted))
+        rows = self.db.execute(
+            "SELECT step_id, result FROM tasks WHERE workflow_id = ? AND status = 'completed' "
+            f"AND step_id IN ({marks})",
+            [workflow_id, *wanted],
+        )
+        return {row[0]: json.loads(row[1]) for row in rows if row[1] is not None}
+
     def workflows_run_on(self, peer: str | None) -> set[str]:
         """Workflows with a step whose lease was taken by ``peer``'s workers (None: this node's)."""
         clause = "worker_peer IS NULL" if peer is None else "worker_peer = ?"
@@ -507,7 +531,7 @@ class TaskStore:
         self.db.execute("INSERT INTO task_log (task_seq, at, line) VALUES (?, ?, ?)", (seq, now, line))
 
     def _ended(self, record: TaskRecord, status: TaskStatus) -> None:
-        self._pending_ended.append(Ended(record.task_id, status, record.workflow_id))
+        self._pending_ended.append(Ended(record.task_id, status, record.workflow_id, record.step_id))
 
     def insert(self, task: NewTask, now: float) -> tuple[TaskRecord, bool]:
         """Add a task; with an idempotency key already present, return that task instead (created False)."""
@@ -843,13 +867,15 @@ class TaskStore:
             self.advance_backoffs(now)
             rows = self.db.execute(
                 "UPDATE tasks SET status = 'cancelled', finished_at = ?, error = ? WHERE status = 'queued' "
-                "RETURNING task_id, workflow_id, task_type, placement, not_before",
+                "RETURNING task_id, workflow_id, step_id, task_type, placement, not_before",
                 (now, dumps({"code": "cancelled", "message": reason})),
             ).fetchall()
             self._moved(TaskStatus.QUEUED, TaskStatus.CANCELLED, len(rows))
             for row in rows:
                 self._queued(row["task_type"], row["placement"], row["not_before"], -1)
-                self._pending_ended.append(Ended(row["task_id"], TaskStatus.CANCELLED, row["workflow_id"]))
+                self._pending_ended.append(
+                    Ended(row["task_id"], TaskStatus.CANCELLED, row["workflow_id"], row["step_id"])
+                )
         return len(rows)
 
     def delete_finished(self, statuses: Sequence[TaskStatus]) -> int:

@@ -64,7 +64,8 @@ class WorkflowEngine:
         self.queue = queue
         self.store = queue.store
         self._advancing = False
-        self._pending: dict[str, None] = {}
+        self._pending: dict[str, list[str] | None] = {}
+        """Workflows with news: the steps that completed since (advanced incrementally), or None (look at all)."""
         queue.owner.on_task_end(self._on_task_end)
         for row in self.store.query("SELECT workflow_id FROM workflows WHERE status = 'running'"):
             self._schedule(row[0])
@@ -123,12 +124,21 @@ class WorkflowEngine:
     # -- advancing -----------------------------------------------------------------------------------------------
     def _on_task_end(self, ended: list[Ended]) -> None:
         for item in ended:
-            if item.workflow_id is not None:
+            if item.workflow_id is None:
+                continue
+            if item.status is TaskStatus.COMPLETED and item.step_id is not None:
+                self._schedule(item.workflow_id, item.step_id)
+            else:
                 self._schedule(item.workflow_id)
         self._drain()
 
-    def _schedule(self, workflow_id: str) -> None:
-        self._pending[workflow_id] = None
+    def _schedule(self, workflow_id: str, completed_step: str | None = None) -> None:
+        if completed_step is None:
+            self._pending[workflow_id] = None
+            return
+        steps = self._pending.setdefault(workflow_id, [])
+        if steps is not None:
+            steps.append(completed_step)
 
     def _drain(self) -> None:
         """Advance every workflow that has news; re-entrant calls (a cancel inside an advance) just queue."""
@@ -138,98 +148,173 @@ class WorkflowEngine:
         try:
             while self._pending:
                 workflow_id = next(iter(self._pending))
-                del self._pending[workflow_id]
+                completed = self._pending.pop(workflow_id)
                 try:
                     with self.store.transaction():
-                        self._advance(workflow_id)
+                        if completed is None:
+                            self._advance(workflow_id)
+                        else:
+                            self._steps_completed(workflow_id, completed)
                 except QueueError as exc:  # e.g. the store refused a write; the workflow stays as it was
                     log.error("workflow %s could not advance: %s", workflow_id, exc)
         finally:
             self._advancing = False
 
-    def _set_step(self, workflow_id: str, step: StepState, status: str) -> None:
-        step.status = status
+    def _set_step(self, workflow_id: str, step_id: str, task_id: str | None, status: str) -> None:
         self.store.db.execute(
             "UPDATE workflow_steps SET task_id = ?, status = ? WHERE workflow_id = ? AND step_id = ?",
-            (step.task_id, status, workflow_id, step.step_id),
+            (task_id, status, workflow_id, step_id),
         )
 
     def _advance(self, workflow_id: str) -> None:
+        """Sync step statuses from their tasks, finish the workflow or queue every step whose dependencies are done.
+
+        Runs on every task end of the workflow, so it reads only what decides: each step's row and its task's
+        status (no payloads, no results but those the next steps take as input).
+        """
         workflow = self._row(workflow_id)
         if workflow is None:
             return
-        steps = self._steps(workflow_id)
-        for step in steps:
-            if step.task is not None and step.status not in (SKIPPED, step.task.status.value):
-                self._set_step(workflow_id, step, step.task.status.value)
+        rows = self.store.query(
+            "SELECT step_id, spec, depends_on, task_id, status FROM workflow_steps WHERE workflow_id = ? "
+            "ORDER BY position",
+            (workflow_id,),
+        )
+        tasks = self.store.workflow_task_states(workflow_id)
+        status = {row["step_id"]: row["status"] for row in rows}
+        for row in rows:
+            task = tasks.get(row["step_id"]) if row["task_id"] is not None else None
+            if task is not None and row["status"] not in (SKIPPED, task[0].value):
+                status[row["step_id"]] = task[0].value
+                self._set_step(workflow_id, row["step_id"], row["task_id"], task[0].value)
         if workflow["status"] != "running":
-            self._stop_steps(workflow_id, steps, f"workflow {workflow['status']}")
+            self._stop_steps(workflow_id, rows, status, f"workflow {workflow['status']}")
             return
-        for step in steps:
-            if step.status == TaskStatus.FAILED:
-                error = (step.task.error if step.task else None) or {}
-                failures = step.task.failures if step.task else 0
-                reason = (
-                    f"step {step.step_id!r} failed after {failures} attempt(s): {error.get('message', 'unknown error')}"
-                )
-                self._finish(workflow_id, "failed", reason, steps)
+        for row in rows:
+            step_id = row["step_id"]
+            if status[step_id] == TaskStatus.FAILED:
+                _, failures, error = tasks[step_id]
+                message = (error or {}).get("message", "unknown error")
+                reason = f"step {step_id!r} failed after {failures} attempt(s): {message}"
+                self._finish(workflow_id, "failed", reason, rows, status)
                 return
-            if step.status == TaskStatus.CANCELLED:
-                self._finish(workflow_id, "cancelled", f"step {step.step_id!r} was cancelled", steps)
+            if status[step_id] == TaskStatus.CANCELLED:
+                self._finish(workflow_id, "cancelled", f"step {step_id!r} was cancelled", rows, status)
                 return
-        if all(step.status == TaskStatus.COMPLETED for step in steps):
-            self._finish(workflow_id, "completed", None, steps)
+        if all(value == TaskStatus.COMPLETED for value in status.values()):
+            self._finish(workflow_id, "completed", None, rows, status)
             return
-        done = {step.step_id for step in steps if step.status == TaskStatus.COMPLETED}
-        outputs: dict[str, Any] | None = None
-        for step in steps:
-            if step.status != PENDING or not set(step.depends_on) <= done:
+        for row in rows:
+            step_id = row["step_id"]
+            if status[step_id] != PENDING:
                 continue
-            if outputs is None:
-                outputs = self._outputs(steps)
-            spec = step.spec
-            try:
-                payload = dags.resolve(spec["payload"], outputs)
-            except dags.TemplateError as exc:
-                self._finish(workflow_id, "failed", f"step {step.step_id!r} input: {exc}", steps)
+            depends_on = json.loads(row["depends_on"])
+            if any(status[dep] != TaskStatus.COMPLETED for dep in depends_on):
+                continue
+            if not self._queue_step(workflow, row, depends_on, status):
                 return
-            metadata = {**(spec.get("metadata") or {}), "idempotency_key": f"wf:{workflow_id}:{step.step_id}"}
-            priority = spec.get("priority")
-            if priority is None:
-                priority = workflow["priority"] if workflow["priority"] is not None else 1.0
-            try:
-                record, _ = self.queue.submit(
-                    task_type=spec["task_type"],
-                    payload=payload,
-                    priority=priority,
-                    tags=spec.get("tags") or None,
-                    timeout=spec.get("timeout"),
-                    retry_policy=spec.get("retry_policy"),
-                    metadata=metadata,
-                    workflow_id=workflow_id,
-                    step_id=step.step_id,
-                )
-            except QueueError as exc:
-                self._finish(workflow_id, "failed", f"step {step.step_id!r} could not be queued: {exc}", steps)
-                return
-            step.task_id, step.task = record.task_id, record
-            self._set_step(workflow_id, step, record.status.value)
 
-    def _finish(self, workflow_id: str, status: str, error: str | None, steps: list[StepState]) -> None:
+    def _steps_completed(self, workflow_id: str, step_ids: list[str]) -> None:
+        """Steps completed: queue those of their dependents that wait for nothing else; finish when all are done.
+
+        The common case of a task ending, and the reason a long chain costs the same per step as a short one:
+        only the completed steps' dependents are read, not every step of the workflow.
+        """
+        workflow = self._row(workflow_id)
+        if workflow is None or workflow["status"] != "running":
+            self._advance(workflow_id)
+            return
+        db = self.store.db
+        for step_id in step_ids:
+            db.execute(
+                "UPDATE workflow_steps SET status = ? WHERE workflow_id = ? AND step_id = ?",
+                (TaskStatus.COMPLETED.value, workflow_id, step_id),
+            )
+        left = db.execute(
+            "SELECT COUNT(*) FROM workflow_steps WHERE workflow_id = ? AND status != ?",
+            (workflow_id, TaskStatus.COMPLETED.value),
+        ).fetchone()[0]
+        if left == 0:
+            self._advance(workflow_id)  # all done: the full pass records the outcome
+            return
+        marks = ",".join("?" * len(step_ids))
+        dependents = self.store.query(
+            "SELECT step_id, spec, depends_on, task_id, status FROM workflow_steps s WHERE workflow_id = ? "
+            "AND status = ? AND EXISTS (SELECT 1 FROM json_each(s.depends_on) "
+            f"WHERE json_each.value IN ({marks})) ORDER BY position",
+            (workflow_id, PENDING, *step_ids),
+        )
+        for row in dependents:
+            depends_on = json.loads(row["depends_on"])
+            waiting = db.execute(
+                "SELECT COUNT(*) FROM workflow_steps WHERE workflow_id = ? AND status != ? "
+                f"AND step_id IN ({','.join('?' * len(depends_on))})",
+                (workflow_id, TaskStatus.COMPLETED.value, *depends_on),
+            ).fetchone()[0]
+            if waiting == 0 and not self._queue_step(workflow, row, depends_on, None):
+                return
+
+    def _queue_step(self, workflow: Any, row: Any, depends_on: list[str], status: dict[str, str] | None) -> bool:
+        """Submit one step whose dependencies are done; False if that failed the workflow instead."""
+        workflow_id, step_id = workflow["workflow_id"], row["step_id"]
+        spec = json.loads(row["spec"])
+        try:
+            payload = dags.resolve(spec["payload"], self.store.step_results(workflow_id, depends_on))
+        except dags.TemplateError as exc:
+            self._fail_later(workflow_id, f"step {step_id!r} input: {exc}")
+            return False
+        metadata = {**(spec.get("metadata") or {}), "idempotency_key": f"wf:{workflow_id}:{step_id}"}
+        priority = spec.get("priority")
+        if priority is None:
+            priority = workflow["priority"] if workflow["priority"] is not None else 1.0
+        try:
+            record, _ = self.queue.submit(
+                task_type=spec["task_type"],
+                payload=payload,
+                priority=priority,
+                tags=spec.get("tags") or None,
+                timeout=spec.get("timeout"),
+                retry_policy=spec.get("retry_policy"),
+                metadata=metadata,
+                workflow_id=workflow_id,
+                step_id=step_id,
+            )
+        except QueueError as exc:
+            self._fail_later(workflow_id, f"step {step_id!r} could not be queued: {exc}")
+            return False
+        if status is not None:
+            status[step_id] = record.status.value
+        self._set_step(workflow_id, step_id, record.task_id, record.status.value)
+        return True
+
+    def _fail_later(self, workflow_id: str, reason: str) -> None:
+        """Fail the workflow; its steps are stopped by the full pass that follows (in this drain)."""
+        self.store.db.execute(
+            "UPDATE workflows SET status = 'failed', finished_at = ?, error = ? WHERE workflow_id = ?",
+            (self.queue.clock(), reason, workflow_id),
+        )
+        log.info("workflow %s failed: %s", workflow_id, reason)
+        self._schedule(workflow_id)
+
+    def _finish(
+        self, workflow_id: str, result: str, error: str | None, rows: list[Any], status: dict[str, str]
+    ) -> None:
         self.store.db.execute(
             "UPDATE workflows SET status = ?, finished_at = ?, error = ? WHERE workflow_id = ?",
-            (status, self.queue.clock(), error, workflow_id),
+            (result, self.queue.clock(), error, workflow_id),
         )
-        log.info("workflow %s %s%s", workflow_id, status, f": {error}" if error else "")
-        self._stop_steps(workflow_id, steps, error or f"workflow {status}")
+        log.info("workflow %s %s%s", workflow_id, result, f": {error}" if error else "")
+        self._stop_steps(workflow_id, rows, status, error or f"workflow {result}")
 
-    def _stop_steps(self, workflow_id: str, steps: list[StepState], reason: str) -> None:
+    def _stop_steps(self, workflow_id: str, rows: list[Any], status: dict[str, str], reason: str) -> None:
         """Cancel the steps still queued or running; mark the ones never started as skipped."""
-        for step in steps:
-            if step.status == PENDING:
-                self._set_step(workflow_id, step, SKIPPED)
-            elif step.task is not None and step.task.status in (TaskStatus.QUEUED, TaskStatus.RUNNING):
-                self.queue.cancel(step.task.task_id, f"workflow {workflow_id}: {reason}")
+        for row in rows:
+            step_id = row["step_id"]
+            if status[step_id] == PENDING:
+                status[step_id] = SKIPPED
+                self._set_step(workflow_id, step_id, None, SKIPPED)
+            elif row["task_id"] is not None and status[step_id] in (TaskStatus.QUEUED, TaskStatus.RUNNING):
+                self.queue.cancel(row["task_id"], f"workflow {workflow_id}: {reason}")
 
     # -- reading ---------------------------------------------------------------------------------------------------
     def _row(self, workflow_id: str) -> Any:
@@ -375,7 +460,12 @@ class WorkflowEngine:
         before = row["status"]
         if before == "running":
             with self.store.transaction():
-                self._finish(workflow_id, "cancelled", reason, self._steps(workflow_id))
+                self.store.db.execute(
+                    "UPDATE workflows SET status = 'cancelled', finished_at = ?, error = ? WHERE workflow_id = ?",
+                    (self.queue.clock(), reason, workflow_id),
+                )
+                log.info("workflow %s cancelled: %s", workflow_id, reason)
+                self._advance(workflow_id)  # stops its steps: queued and running ones cancelled, the rest skipped
             self._drain()
         return before, self.describe(workflow_id, include_steps=True)
 
