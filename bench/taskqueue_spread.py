@@ -37,6 +37,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from bench.loadgen import process_cpu_seconds
 from bench.taskqueue_network import Client, latency_summary
 from tests.procs import Peer, gateway_proc, p2p_network, sidecar_proc, start_all, wait_for
 
@@ -160,13 +161,23 @@ def twenty_nodes(tmp: Path, *, repeats: int, nodes: int = 20, samples: int = 200
     with owner_first([first, lone_peer], others):
         wait_for(lambda: connected(first, others), 120, 0.2, what=f"{names[0]} connected to {nodes - 1} peers")
         client = Client(first)
+        idle = idle_cores(peers, seconds=10.0)
         runs = [burst(client, 400, 0.2) for _ in range(repeats)]
         cost = submit_cost(client, Client(lone_peer), samples)
     labels = {peer.peer_id: name for name, peer in peers.items()}
     result = summarize(runs, nodes)
     result["ran_on"] = {labels.get(key, key): value for key, value in result["ran_on"].items()}
     result["submit_cost"] = cost
+    result["idle_cores"] = idle
     return result
+
+
+def idle_cores(peers: dict[str, Peer], seconds: float) -> float:
+    """Cores the sidecars use between them while nothing is submitted (pings, timers, anything that polls)."""
+    pids = [peer.sidecar.pid for peer in peers.values()]
+    before = sum(process_cpu_seconds(pid) for pid in pids)
+    time.sleep(seconds)
+    return round((sum(process_cpu_seconds(pid) for pid in pids) - before) / seconds, 3)
 
 
 def submit_cost(networked: Client, lone: Client, samples: int, block: int = 20) -> dict[str, Any]:
@@ -251,6 +262,8 @@ def markdown(results: dict[str, Any]) -> str:
                 f"**{cost['ratio_p50']}x** at p50 ({cost['lone']['n']} samples each).",
                 WIDTH,
             ),
+            "",
+            f"The 20 sidecars use {results['twenty']['idle_cores']} of a core between them while idle (10 s).",
         ]
     return "\n".join(lines) + "\n"
 

@@ -272,3 +272,23 @@ def test_unregistering_a_worker_hands_its_remote_tasks_back_uncounted(tmp_path: 
         assert (view["status"], view["attempt"], view["failures"]) == ("queued", 1, 0)
 
     run(test)
+
+
+def test_a_claim_asked_again_gets_the_same_leases(tmp_path: Path) -> None:
+    """A worker whose claim answer was lost sends the same claim again: the same leases, not new ones."""
+
+    async def test(net: MemoryNetwork, nursery: trio.Nursery) -> None:
+        owner = await Node(net, tmp_path, "A", worker_concurrency=0, queue_lease_seconds=600.0).start(nursery)
+        rpc = net.join("B")
+        first = [owner.submit(task_type="echo", payload=n)["task_id"] for n in range(3)]
+        claim = {"worker": "w", "boot": "b1", "types": ["echo"], "max": 2, "claim_id": "c-1"}
+        answered = (await rpc.request("A", OP_CLAIM, claim, timeout=1))["tasks"]
+        again = (await rpc.request("A", OP_CLAIM, claim, timeout=1))["tasks"]
+        assert [lease["task_id"] for lease in again] == [lease["task_id"] for lease in answered] == first[:2]
+        assert [lease["attempt"] for lease in again] == [1, 1]
+        assert owner.queue.lending is not None and owner.queue.lending.counters["claims_answered_again"] == 1
+        fresh = (await rpc.request("A", OP_CLAIM, {**claim, "claim_id": "c-2"}, timeout=1))["tasks"]
+        assert [lease["task_id"] for lease in fresh] == first[2:]
+        assert owner.get(first[2])["status"] == "running"
+
+    run(test)
