@@ -48,6 +48,8 @@ class Route:
 
     spec: ToolSpec
     local: LocalTool | None = None
+    screen: LocalTool | None = None
+    """For a P2P collection tool this gateway imported too: its lenient signature screens the arguments."""
 
     @property
     def is_p2p(self) -> bool:
@@ -231,13 +233,14 @@ class ToolRegistry:
         tool = self._collection_tool(provider) if provider is not None else None
         if tool is not None:
             return Route(tool.spec, tool)
+        screen = provider.tool if provider is not None and not provider.stand_in else None
         remote = self._remote.get(name)
         if remote is not None:
-            return Route(remote)
+            return Route(remote, screen=screen if local is None else None)
         if local is not None:
             return Route(local.spec)
         if provider is not None:  # marked for P2P (or not imported yet), and no sidecar has announced it
-            return Route(provider.spec)
+            return Route(provider.spec, screen=screen)
         return None
 
     def announced(self, name: str) -> bool:

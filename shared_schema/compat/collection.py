@@ -25,6 +25,8 @@ is the same after a cold start, a cached restart, or imports in any order.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import threading
 import time
@@ -34,6 +36,7 @@ from typing import Any
 
 from shared_schema.compat.cache import SchemaCache
 from shared_schema.compat.flavour import Host, adapt_for_host
+from shared_schema.compat.guard import acting_for
 from shared_schema.compat.loader import ModuleLoadError, load
 from shared_schema.compat.rules import Selection, select_functions, tool_metadata_for
 from shared_schema.compat.scan import ModuleSource, ScanResult
@@ -64,12 +67,34 @@ def is_stand_in(tool: FunctionTool) -> bool:
     return getattr(tool.fn, "unavailable_reason", None) is not None
 
 
+def _acting_for_tool(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
+    """``fn`` run as collection code (``guard.acting_for``): a package install it starts is refused or logged."""
+    if inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def run_async(*args: Any, **kwargs: Any) -> Any:
+            with acting_for(f"tool {name}"):
+                return await fn(*args, **kwargs)
+
+        return run_async
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with acting_for(f"tool {name}"):
+            return fn(*args, **kwargs)
+
+    return run
+
+
 def build_tool(name: str, fn: Callable[..., Any], source: ModuleSource, host: Host) -> FunctionTool:
-    """A collection function as a tool: its metadata by the rules, its loop adapted to the host."""
+    """A collection function as a tool: its metadata by the rules, its loop adapted to the host.
+
+    Its arguments are judged leniently (``Signature``), as the server the collection was written for did.
+    """
     try:
         metadata = tool_metadata_for(fn, tool_name=name, source=source)
-        runnable = adapt_for_host(fn, host, metadata.timeout_seconds)
-        return FunctionTool.from_function(runnable, name=name, metadata=metadata)
+        runnable = _acting_for_tool(adapt_for_host(fn, host, metadata.timeout_seconds), name)
+        return FunctionTool.from_function(runnable, name=name, metadata=metadata, lenient=True)
     except Exception as exc:  # boundary: foreign signatures pydantic cannot turn into a schema
         reason = f"cannot derive its input schema from {source.label}: {type(exc).__name__}: {exc}"
         log.exception("tool %s is unavailable: %s", name, reason.splitlines()[0])
