@@ -285,6 +285,7 @@ class ToolCollection:
             done.append(module)
             if name in module.resolve().names:
                 break
+        self.save_cache(done)
         return done
 
     def resolve_all(self, modules: Iterable[LazyModule]) -> list[LazyModule]:

@@ -15,9 +15,11 @@ of its habits are contained here:
 * **Editing ``sys.path``.**  A module that puts a folder on ``sys.path``
   while it is imported would make the modules imported after it importable
   or not depending on the order.  Each import runs with the entries other
-  collection modules added hidden, so whether a module imports depends only
-  on the files and the environment; the entries stay in place between
-  imports, where the module's own functions may need them.
+  collection modules added hidden, and with the modules already loaded from
+  those folders (by an import or by a tool call) hidden from ``sys.modules``,
+  so whether a module imports depends only on the files and the environment;
+  both are back in place between imports, where the module's own functions
+  may need them.
 * **Concurrent imports.**  Imports of collection modules are serialised by
   one lock, so the path edits above never interleave.
 """
@@ -147,6 +149,28 @@ def acting_for(who: str) -> Iterator[None]:
         _acting_for.reset(token)
 
 
+def _loaded_from(entries: set[str]) -> dict[str, Any]:
+    """Modules in ``sys.modules`` found through one of the ``sys.path`` ``entries`` (top-level ones and theirs)."""
+    folders = {os.path.realpath(entry or ".") for entry in entries}
+    tops = set()
+    for name, module in list(sys.modules.items()):
+        if "." in name or module is None:
+            continue
+        origin = getattr(module, "__file__", None)
+        if not isinstance(origin, str):
+            continue
+        parent = os.path.dirname(origin)
+        if os.path.basename(origin) == "__init__.py":
+            parent = os.path.dirname(parent)
+        if os.path.realpath(parent) in folders:
+            tops.add(name)
+    return {
+        name: module
+        for name, module in list(sys.modules.items())
+        if name.partition(".")[0] in tops and module is not None
+    }
+
+
 @contextlib.contextmanager
 def collection_import(who: str) -> Iterator[None]:
     """Import collection code: one at a time, with other modules' ``sys.path`` additions hidden, installs refused."""
@@ -154,10 +178,15 @@ def collection_import(who: str) -> Iterator[None]:
         original = list(sys.path)
         hidden = {entry for entry in _added_paths if entry in original}
         sys.path[:] = [entry for entry in original if entry not in hidden]
+        modules = _loaded_from(hidden) if hidden else {}
+        for name in modules:
+            del sys.modules[name]
         before = list(sys.path)
         try:
             yield
         finally:
+            for name, module in modules.items():
+                sys.modules.setdefault(name, module)
             added = [entry for entry in sys.path if entry not in before]
             for entry in added:
                 if entry not in _added_paths:
