@@ -307,3 +307,19 @@ async def test_a_stand_in_yields_to_the_sidecars_tool_of_the_same_name(tmp_path:
     route = registry.route("data.gone")
     assert route is not None and route.is_p2p and registry.local_tool("data.gone") is None
     assert [spec for spec in registry.specs() if spec.name == "data.gone"] == [remote]
+
+
+@pytest.mark.anyio
+async def test_a_p2p_tool_the_connected_sidecar_does_not_serve_is_listed_unavailable(tmp_path: Path) -> None:
+    _module(tmp_path, "data", "p2p_fetch", "def p2p_fetch(url: str) -> dict:\n    return {}\n")
+    registry = ToolRegistry()
+    registry.mount(ToolCollection(scan_tool_dirs([tmp_path]), host="asyncio"))
+    await registry.prepare_listing()
+    (spec,) = [s for s in registry.specs() if s.name == "data.p2p_fetch"]
+    assert spec.metadata.runs_on_p2p and not spec.description  # no sidecar yet: nothing to say
+    registry.replace_remote([])  # a sidecar connected, without that module
+    (spec,) = [s for s in registry.specs() if s.name == "data.p2p_fetch"]
+    assert spec.description.startswith("[UNAVAILABLE: runs on the P2P runtime, and the connected sidecar does not")
+    served = ToolSpec(name="data.p2p_fetch", input_schema={"type": "object"}, metadata=ToolMetadata(runtime="trio"))
+    registry.replace_remote([served])
+    assert [s for s in registry.specs() if s.name == "data.p2p_fetch"] == [served]

@@ -40,8 +40,10 @@ def _importable(name: str) -> bool:
 class ModuleSource:
     """One importable unit of a collection: a module file, or an installed entry point.
 
-    ``module_name`` is what the module is imported as: for a file, a name under
-    the private package ``_mcp_p2p_tools.<dir key>.<category>``, so two
+    ``module_name`` is what the module is imported as: its real dotted name
+    when its tools folder belongs to an importable package (``package``), else
+    a name under the private package ``_mcp_p2p_tools.<dir key>``, one level
+    per folder from above the tools folder down to its category, so two
     categories (or two directories) may both hold ``status.py`` without one
     replacing the other in ``sys.modules``.  ``fingerprint`` changes whenever
     the file or one of its category's sibling files changes; the schema cache
