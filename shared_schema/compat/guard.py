@@ -102,7 +102,8 @@ def _command_words(event: str, args: tuple[Any, ...]) -> list[str]:
     if event == "os.system":
         raw: Any = args[0] if args else ""
         return (raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)).split()
-    argv: Any = args[1] if len(args) > 1 else ()
+    position = 2 if event == "os.spawn" else 1  # os.spawn: (mode, path, args, env); the others: (path, args, ...)
+    argv: Any = args[position] if len(args) > position else ()
     if isinstance(argv, str | bytes):
         argv = [argv]
     words = []
