@@ -394,7 +394,7 @@ def external_section() -> list[str]:
         "goes` line charges the growth to the packages each import brought in: the collection's own package",
         "and its dependencies (the MCP SDK, already loaded in the gateway, is charged there in that separate",
         "interpreter). The gateway's own share (argument models and schemas) is what the generated collection",
-        "above shows, whose modules import nothing heavy: about 28 MiB for 497 tools. A cached restart imports",
+        "above shows, whose modules import nothing heavy: about 26 MiB for 497 tools. A cached restart imports",
         "nothing to list, so the gateway stays at its start-up size until a call imports a module; the sidecar",
         "imports a P2P module when one of its tools is first called.",
     ]
