@@ -259,6 +259,8 @@ def render(results: dict[str, Any], command: str) -> str:
         "",
         collection_startup.markdown(results["collection"]),
         "",
+        *collection_startup.external_section(),
+        "",
         *where_the_time_goes(results),
     ]
     return "\n".join(out)

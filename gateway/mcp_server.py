@@ -43,6 +43,7 @@ from gateway.registry import ToolRegistry
 from gateway.results import encode_json, is_call_tool_result
 from gateway.router import RuntimeRouter
 from shared_schema import BridgeError, Progress, ToolSpec
+from shared_schema.function_tool import call_notes
 
 log = logging.getLogger(__name__)
 
@@ -326,15 +327,19 @@ class GatewayMCP:
         token = (ctx.meta or {}).get("progress_token")
         relay = ProgressRelay(ctx, token) if token is not None else None
         try:
-            result = await self._router.call(
-                params.name, params.arguments, client=_client_address(ctx), progress=relay.put if relay else None
-            )
+            with call_notes() as notes:  # what the tool's machinery noted (arguments a lenient tool ignored)
+                result = await self._router.call(
+                    params.name, params.arguments, client=_client_address(ctx), progress=relay.put if relay else None
+                )
         except BridgeError as exc:
             return error_to_mcp(exc)
         finally:
             if relay is not None:
                 await relay.flush()
-        return result_to_mcp(result)
+        answer = result_to_mcp(result)
+        if notes:
+            answer.meta = {**(answer.meta or {}), **notes}
+        return answer
 
     async def _queue_call(self, tool: str, arguments: dict[str, Any]) -> Any:
         """One of the sidecar queue's tools, called over the bridge like any P2P tool."""

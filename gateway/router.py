@@ -18,6 +18,7 @@ from gateway.limits import ClientCallLimiter
 from gateway.metrics import GatewayMetrics
 from gateway.registry import ToolRegistry
 from shared_schema import BridgeError, Envelope, ErrorCode, ErrorInfo
+from shared_schema.function_tool import note_ignored_arguments
 from shared_schema.limits import DEFAULT_MAX_ARGUMENT_DEPTH, check_argument_depth
 from shared_schema.progress import Progress, Sink
 
@@ -88,6 +89,11 @@ class RuntimeRouter:
         try:
             if route.local is not None:
                 return await route.local.invoke(arguments, timeout, progress)
+            if route.screen is not None and route.screen.signature.lenient:  # as the sidecar's copy will judge them
+                ignored = route.screen.signature.ignored(arguments)
+                if ignored:
+                    note_ignored_arguments(ignored)
+                    arguments = {key: value for key, value in arguments.items() if key not in ignored}
             if self.bridge is None:
                 raise BridgeError(ErrorCode.UNAVAILABLE, "P2P sidecar unavailable (the gateway runs without a bridge)")
             if self.bridge.available and not self.registry.announced(name):
@@ -108,24 +114,6 @@ class RuntimeRouter:
             if not self.in_flight and self._drained is not None:
                 self._drained.set()
 
-    async def _serve_inbound_p2p(self, envelope: Envelope, name: str) -> Envelope:
-        bridge = self.bridge
-        assert bridge is not None
-        remaining = (envelope.deadline - time.time()) if envelope.deadline else self._timeout_cap
-        if remaining <= 0:
-            return envelope.fail(ErrorInfo(ErrorCode.TIMEOUT, "deadline passed before the call started"))
-
-        def forward(update: Progress) -> None:
-            bridge.send_progress(envelope.id, update)
-
-        try:
-            result = await bridge.call(
-                name, envelope.arguments or {}, timeout=min(remaining, self._timeout_cap), progress=forward
-            )
-        except BridgeError as exc:
-            return envelope.fail(exc.info)
-        return envelope.reply(result)
-
     async def wait_idle(self) -> None:
         """Return once no call is in flight (used on SIGTERM)."""
         if self.in_flight:
@@ -133,17 +121,10 @@ class RuntimeRouter:
             await self._drained.wait()
 
     async def serve_inbound(self, envelope: Envelope) -> Envelope:
-        """A call that came over the bridge: this gateway's local tools answer, and P2P tools go back to the sidecar.
-
-        The sidecar calls in for remote peers (only gateway tools it was allowed to expose, so never a
-        P2P tool) and for its task queue's ``tool`` tasks, which may name any tool a client could call,
-        P2P ones included (an MCP task of a P2P tool runs this way, on whichever node claimed it).
-        """
+        """A call that came over the bridge (a remote peer's, or a ``tool`` task's): only local tools answer."""
         name = envelope.tool or ""
         await self.registry.resolve(name)
         tool = self.registry.local_tool(name)
-        if tool is None and self.bridge is not None and self.registry.announced(name):
-            return await self._serve_inbound_p2p(envelope, name)
         if tool is None:
             return envelope.fail(ErrorInfo(ErrorCode.UNKNOWN_TOOL, f"no local tool {name!r} on this gateway"))
         remaining = (envelope.deadline - time.time()) if envelope.deadline else tool.metadata.timeout_seconds

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import anyio
+
 from shared_schema import report_progress, tool_metadata
 
 
@@ -16,3 +18,12 @@ def slow_steps(steps: int = 3, seconds_per_step: float = 0.5, label: str = "work
         time.sleep(seconds_per_step)
     report_progress(steps, steps, f"{label}: done")
     return {"label": label, "steps": steps, "seconds": steps * seconds_per_step}
+
+
+@tool_metadata(runtime="fastapi", timeout_seconds=300, task_support="optional")
+async def slow_steps_here(steps: int = 3, seconds_per_step: float = 0.5) -> dict[str, Any]:
+    """``slow_steps`` as an async gateway tool: a cancelled task stops it at once."""
+    for step in range(steps):
+        report_progress(step, steps, f"step {step + 1} of {steps}")
+        await anyio.sleep(seconds_per_step)
+    return {"steps": steps, "seconds": steps * seconds_per_step}

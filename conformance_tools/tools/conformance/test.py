@@ -1,4 +1,4 @@
-"""One tool per kind of MCP tool result, under the names the conformance suite calls.
+"""One tool per kind of MCP tool result, under the names the conformance suite calls (``test_*``).
 
 Each returns a ``CallToolResult`` in its wire shape (``{"content": [...]}``), which the gateway passes
 to MCP clients as it is.  Where they run is chosen by ``CONFORMANCE_TOOLS_RUNTIME``: ``fastapi`` (the
@@ -94,21 +94,3 @@ def test_tool_with_progress() -> dict[str, Any]:
         report_progress(done, 100, f"step {done // 50 + 1} of 3")
         time.sleep(0.06)
     return {"content": [{"type": "text", "text": "Progress test completed"}]}
-
-
-@tool_metadata(
-    runtime=RUNTIME,
-    mcp_description="Tool with JSON Schema 2020-12 features",
-    mcp_schema={
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "type": "object",
-        "$defs": {
-            "address": {"type": "object", "properties": {"street": {"type": "string"}, "city": {"type": "string"}}}
-        },
-        "properties": {"name": {"type": "string"}, "address": {"$ref": "#/$defs/address"}},
-        "additionalProperties": False,
-    },
-)
-def json_schema_2020_12_tool(name: str | None = None, address: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Echoes what it was given; its input schema carries 2020-12 keywords verbatim."""
-    return {"content": [{"type": "text", "text": f"name={name!r} address={address!r}"}]}
