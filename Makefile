@@ -10,7 +10,7 @@ TEST_WORKERS ?= 2
 
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: setup run test lint format clean bench loadtest deploy-tools test-deploy
+.PHONY: setup run test lint format clean bench loadtest deploy-tools js-tools test-deploy
 
 setup: $(STAMP)
 
@@ -24,8 +24,17 @@ $(STAMP): pyproject.toml scripts/ensure-build-deps.sh
 run: setup
 	$(BIN)/python -m supervisor
 
-test: setup lint deploy-tools
+test: setup lint deploy-tools js-tools
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+
+# Node 22 (into .tools/node, from the npm registry) and the JavaScript clients the tests drive (the MCP
+# conformance suite, the TypeScript SDK, the Tasks extension requester), installed from tests/js/package-lock.json.
+JS_STAMP := tests/js/node_modules/.installed
+js-tools: $(JS_STAMP)
+
+$(JS_STAMP): tests/js/package.json tests/js/package-lock.json scripts/ensure-node.sh
+	@PATH="$$(scripts/ensure-node.sh):$$PATH" && cd tests/js && npm ci --silent --no-audit --no-fund
+	@touch $(JS_STAMP)
 
 # systemd-analyze, for the unit checks in tests/test_deploy_files.py.
 deploy-tools:
@@ -57,4 +66,4 @@ loadtest: setup
 	$(BIN)/python -m loadtests.run $(LOADTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis tests/js/node_modules

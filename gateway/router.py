@@ -20,6 +20,7 @@ from gateway.registry import ToolRegistry
 from shared_schema import BridgeError, Envelope, ErrorCode, ErrorInfo
 from shared_schema.function_tool import note_ignored_arguments
 from shared_schema.limits import DEFAULT_MAX_ARGUMENT_DEPTH, check_argument_depth
+from shared_schema.progress import Progress, Sink
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +47,21 @@ class RuntimeRouter:
         self._drained: asyncio.Event | None = None
 
     async def call(
-        self, name: str, arguments: dict[str, Any] | None, *, trace_id: str | None = None, client: str | None = None
+        self,
+        name: str,
+        arguments: dict[str, Any] | None,
+        *,
+        trace_id: str | None = None,
+        client: str | None = None,
+        progress: Sink | None = None,
     ) -> Any:
         """Run tool ``name``; returns its JSON-able result or raises ``BridgeError``.
 
         ``client`` is the caller's address, for the per-client bound on calls in
         flight; the checks that reject a call (unknown tool, arguments that are
         not an object or nest too deep, the client's bound) all run before it
-        is dispatched anywhere.  One coroutine, no context managers: this is
+        is dispatched anywhere.  ``progress`` receives what the tool reports
+        while it runs, locally or from the sidecar.  One coroutine, no context managers: this is
         every call's hot path.
         """
         await self.registry.resolve(name)
@@ -80,7 +88,7 @@ class RuntimeRouter:
         outcome = "ok"
         try:
             if route.local is not None:
-                return await route.local.invoke(arguments, timeout)
+                return await route.local.invoke(arguments, timeout, progress)
             if route.screen is not None and route.screen.signature.lenient:  # as the sidecar's copy will judge them
                 ignored = route.screen.signature.ignored(arguments)
                 if ignored:
@@ -94,7 +102,7 @@ class RuntimeRouter:
                     f"{name} runs on the P2P runtime but the connected sidecar does not serve it "
                     "(load its module there: SIDECAR_TOOL_DIRS)",
                 )
-            return await self.bridge.call(name, arguments, timeout=timeout, trace_id=trace_id)
+            return await self.bridge.call(name, arguments, timeout=timeout, trace_id=trace_id, progress=progress)
         except BridgeError as exc:
             outcome = exc.code.value
             raise
@@ -113,7 +121,7 @@ class RuntimeRouter:
             await self._drained.wait()
 
     async def serve_inbound(self, envelope: Envelope) -> Envelope:
-        """A call that came over the bridge from a remote peer: only this gateway's local tools answer."""
+        """A call that came over the bridge (a remote peer's, or a ``tool`` task's): only local tools answer."""
         name = envelope.tool or ""
         await self.registry.resolve(name)
         tool = self.registry.local_tool(name)
@@ -123,9 +131,15 @@ class RuntimeRouter:
         if remaining <= 0:
             return envelope.fail(ErrorInfo(ErrorCode.TIMEOUT, "deadline passed before the call started"))
         timeout = min(remaining, tool.metadata.timeout_seconds, self._timeout_cap)
+        bridge = self.bridge
+
+        def forward(update: Progress) -> None:  # the tool's progress goes back to the sidecar that called
+            if bridge is not None:
+                bridge.send_progress(envelope.id, update)
+
         try:
             check_argument_depth(name, envelope.arguments, self._max_depth)
-            result = await tool.invoke(envelope.arguments or {}, timeout)
+            result = await tool.invoke(envelope.arguments or {}, timeout, forward)
         except BridgeError as exc:
             log.info("inbound call %s to %s failed: %s", envelope.id, name, exc)
             return envelope.fail(exc.info)
