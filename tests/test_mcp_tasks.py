@@ -294,3 +294,24 @@ def test_status_and_progress_mapping() -> None:
     )
     assert unknown["status"] == "failed" and unknown["error"] == {"code": -32602, "message": "no such tool"}
     assert task({**base, "status": "cancelled"})["status"] == "cancelled"
+
+
+@pytest.mark.parametrize("tool", [SLOW, "testkit.slow_steps_here"])
+def test_a_tools_own_progress_is_the_tasks_status_message(stack: tuple[Proc, Proc], tool: str) -> None:
+    """A P2P tool run by the sidecar's worker, and a gateway tool run through the bridge: what the tool reports
+    reaches the queue's record at its owner and the extension's statusMessage while the task runs."""
+    gateway, _ = stack
+    status, body = _rpc(gateway, "tools/call", {"name": tool, "arguments": {"steps": 6, "seconds_per_step": 0.4}})
+    assert status == 200 and body["result"]["resultType"] == "task", body
+    task_id = body["result"]["taskId"]
+
+    def reported() -> str | None:
+        _, got = _rpc(gateway, "tasks/get", {"taskId": task_id})
+        message = (got.get("result") or {}).get("statusMessage") or ""
+        return message if "of 6" in message else None
+
+    message = wait_for(reported, 20, 0.1, what="the tool's progress in tasks/get")
+    assert "step" in message, message
+    view = _tool(gateway, "task_status", {"task_id": task_id})
+    assert view["progress"]["total"] == 6 and 0 <= view["progress"]["done"] <= 6, view
+    assert _wait_task(gateway, task_id)["status"] == "completed"
