@@ -33,6 +33,7 @@ from p2p_sidecar.errors import StartupError
 from p2p_sidecar.metrics import SidecarMetrics
 from p2p_sidecar.node.host import Node
 from p2p_sidecar.node.metrics import NodeMetrics
+from p2p_sidecar.node.peers import PeerState
 from p2p_sidecar.settings import SidecarSettings
 from p2p_sidecar.taskqueue import QueueService, TaskStore, register_queue_tools
 from p2p_sidecar.taskqueue.peer_rpc import NodePeerRpc
@@ -129,7 +130,7 @@ class Sidecar:
                 "peer_id": self.node.peer_id,
                 "listen_addrs": self.node.listen_addrs,
                 "announce_addrs": self.node.advertised_addrs(),
-                "peers": {state: count for state, count in self.node.info()["peers"].items() if count},
+                "peers": {state.value: count for state in PeerState if (count := self.node.table.count(state))},
                 "remote_tools_served": self.node.capabilities.served_tools(),
             },
         }
