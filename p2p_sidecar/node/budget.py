@@ -34,6 +34,8 @@ class PartialFrameBudget:
         self.per_peer = per_peer
         self.total = total
         self.held = 0
+        self.high_water = 0
+        """The most held at once since someone (``memory.HeapTrimmer``) last reset it."""
         self._by_peer: dict[str, int] = {}
 
     def held_by(self, peer_id: str) -> int:
@@ -55,6 +57,7 @@ class PartialFrameBudget:
             return NODE
         self._by_peer[peer_id] = mine + size
         self.held += size
+        self.high_water = max(self.high_water, self.held)
         return None
 
     def give_back(self, peer_id: str, size: int) -> None:

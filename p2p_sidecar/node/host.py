@@ -56,6 +56,7 @@ from p2p_sidecar.node.membership import (
     load_or_create_secret,
     read_secret,
 )
+from p2p_sidecar.node.memory import HeapTrimmer
 from p2p_sidecar.node.metrics import NodeMetrics
 from p2p_sidecar.node.peer_store import PeerStore, PeerStoreError
 from p2p_sidecar.node.peers import LIVE_STATES, PeerRecord, PeerState, PeerTable
@@ -114,6 +115,7 @@ class Node:
             per_peer=settings.p2p_max_partial_bytes_per_peer, total=settings.p2p_max_partial_bytes
         )
         metrics.bind_budget(self.budget)
+        self.trimmer = HeapTrimmer(self.budget)
         self.rpc = RpcServer(
             max_bytes=settings.p2p_max_message_bytes,
             max_in_flight=settings.p2p_max_inbound_requests,
@@ -233,6 +235,7 @@ class Node:
             await nursery.start(self.exchange.run)
             await nursery.start(self.connections.run)
             nursery.start_soon(self._flush_loop)
+            await nursery.start(self.trimmer.run)
             if self.settings.mdns:
                 nursery.start_soon(self._mdns_loop, host)
             task_status.started()
