@@ -10,7 +10,7 @@ TEST_WORKERS ?= 2
 
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: setup run test lint format clean bench loadtest deploy-tools test-deploy
+.PHONY: setup run test lint format clean bench loadtest deploy-tools test-deploy js-peer
 
 setup: $(STAMP)
 
@@ -24,8 +24,18 @@ $(STAMP): pyproject.toml scripts/ensure-build-deps.sh
 run: setup
 	$(BIN)/python -m supervisor
 
-test: setup lint deploy-tools
+test: setup lint deploy-tools js-peer
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+
+# js-libp2p (Node 22 from the npm registry, into .tools/node) for the interop tests: a foreign peer in
+# tests/js/libp2p, its packages pinned by its package-lock.json and installed there, never globally.
+JS_PEER := tests/js/libp2p
+JS_STAMP := $(JS_PEER)/node_modules/.installed
+js-peer: $(JS_STAMP)
+
+$(JS_STAMP): $(JS_PEER)/package.json $(JS_PEER)/package-lock.json scripts/ensure-node.sh
+	@PATH="$$(scripts/ensure-node.sh):$$PATH" npm ci --silent --no-audit --no-fund --prefix $(JS_PEER)
+	@touch $@
 
 # systemd-analyze, for the unit checks in tests/test_deploy_files.py.
 deploy-tools:
@@ -57,4 +67,4 @@ loadtest: setup
 	$(BIN)/python -m loadtests.run $(LOADTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis $(JS_PEER)/node_modules

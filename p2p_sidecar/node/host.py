@@ -569,7 +569,8 @@ class Node:
         record.connected_since = None
         record.last_error = "its libp2p connection closed"
         self._no_libp2p_ping.discard(peer_id)
-        log.info("peer %s disconnected (a libp2p peer without %s)", peer_id, PROTOCOL_ID)
+        role = "client-only" if record.requests_in else "without"
+        log.info("peer %s disconnected (a libp2p peer %s %s)", peer_id, role, PROTOCOL_ID)
         self._wake_connections()
 
     async def _hang_up(self, record: PeerRecord) -> None:
