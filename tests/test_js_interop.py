@@ -74,7 +74,7 @@ def test_a_js_client_as_a_stranger_and_as_a_member(sidecar: Peer, node_js: str, 
     hello = replies["hello"]["reply"]["r"]
     assert hello["wire_version"] == 1 and hello["capabilities"] == {"tools": [], "task_types": []}  # told nothing
     assert code(replies["ping"]) == "ok"
-    for op in ("peers", "call_tool", "queue.claim", "no.such.op"):  # a stranger's call and claim: forbidden
+    for op in ("peers", "call_tool", "queue.claim", "queue.hint", "queue.complete", "no.such.op"):  # all forbidden
         assert code(replies[op]) == "forbidden", replies[op]
         assert replies[op]["reply"]["e"]["data"] == {"reason": "no_secret_proof"}
     assert code(replies["missing-op"]) == "bad_frame" and code(replies["bad-version"]) == "version_mismatch"

@@ -25,6 +25,7 @@ it is neither wanted nor using us (see ``connections.py``).
 from __future__ import annotations
 
 import logging
+import random
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -42,7 +43,7 @@ from libp2p.peer.peerinfo import PeerInfo
 
 from p2p_sidecar import __version__
 from p2p_sidecar.node import identity, libp2p_host, peer_exchange
-from p2p_sidecar.node.addresses import PeerAddr, parse_multiaddr, parse_peer_addr, parse_peer_list
+from p2p_sidecar.node.addresses import PeerAddr, parse_bootstrap_entry, parse_multiaddr, parse_peer_list
 from p2p_sidecar.node.budget import PartialFrameBudget
 from p2p_sidecar.node.capabilities import Capabilities
 from p2p_sidecar.node.connections import Backoff, ConnectionManager, Retention
@@ -165,6 +166,8 @@ class Node:
         self.rpc.register(RemoteToolServer.OP, self.remote_tools.handle)
         self.bootstrap: dict[str, tuple[PeerAddr, str]] = {}
         """Bootstrap peers by id: their address and where they came from (env, file, tool)."""
+        self.unresolved_bootstrap: dict[str, str] = {}
+        """Bootstrap addresses given without a peer id, not dialled yet: address -> where it came from."""
         self.host: BasicHost | None = None
         self.listen_addrs: list[str] = []
         self.started_at: float | None = None
@@ -236,6 +239,8 @@ class Node:
             await nursery.start(self.connections.run)
             nursery.start_soon(self._flush_loop)
             await nursery.start(self.trimmer.run)
+            if self.unresolved_bootstrap:
+                nursery.start_soon(self._resolve_bootstrap, host)
             if self.settings.mdns:
                 nursery.start_soon(self._mdns_loop, host)
             task_status.started()
@@ -244,7 +249,13 @@ class Node:
         self.rpc.stop_accepting()
 
     def _configured_bootstrap(self) -> list[tuple[PeerAddr, str]]:
-        peers = [(parse_peer_addr(addr), "env") for addr in self.settings.bootstrap_peers]
+        peers: list[tuple[PeerAddr, str]] = []
+        for text in self.settings.bootstrap_peers:
+            entry = parse_bootstrap_entry(text)
+            if isinstance(entry, PeerAddr):
+                peers.append((entry, "env"))
+            else:
+                self.unresolved_bootstrap[entry] = "env"
         path = self.settings.bootstrap_file
         if path is not None:
             good, bad = read_bootstrap_file(path)
@@ -264,6 +275,44 @@ class Node:
             record.state = PeerState.KNOWN
         self._wake_connections()
         return record
+
+    async def _resolve_bootstrap(self, host: BasicHost) -> None:
+        """Learn the peer id at each bootstrap address given without one, then treat it as any bootstrap peer."""
+        backoff = Backoff(maximum=self.settings.redial_max_backoff)
+        failures: dict[str, int] = {}
+        next_try: dict[str, float] = {}
+        while self.unresolved_bootstrap:
+            for addr, origin in list(self.unresolved_bootstrap.items()):
+                if next_try.get(addr, 0.0) > trio.current_time():
+                    continue
+                try:
+                    with trio.fail_after(self.settings.p2p_handshake_timeout):
+                        peer_id = await libp2p_host.learn_peer_id(host, parse_multiaddr(addr))
+                except trio.TooSlowError:
+                    reason = f"no handshake within {self.settings.p2p_handshake_timeout:.3g}s"
+                except Exception as exc:  # boundary: py-libp2p's dial and handshake raise many unrelated types
+                    reason = _describe(exc)
+                    log.debug("learning the peer id at %s: %s", addr, reason, exc_info=exc)
+                else:
+                    del self.unresolved_bootstrap[addr]
+                    if peer_id == self.peer_id:
+                        log.info("bootstrap address %s is this node itself: skipped", addr)
+                    else:
+                        log.info("bootstrap address %s is peer %s", addr, peer_id)
+                        self.add_bootstrap(PeerAddr(peer_id, addr), origin)
+                    continue
+                failures[addr] = failures.get(addr, 0) + 1
+                delay = backoff.delay(failures[addr], random.random())
+                next_try[addr] = trio.current_time() + delay
+                if failures[addr] == 1 or failures[addr] % 10 == 0:
+                    log.info(
+                        "bootstrap address %s: cannot learn its peer id yet (%d tries, next in %.1fs): %s",
+                        addr,
+                        failures[addr],
+                        delay,
+                        reason,
+                    )
+            await trio.sleep(0.2)
 
     # -- persistence ------------------------------------------------------------------------
     def _save(self) -> None:
@@ -421,7 +470,10 @@ class Node:
         host = self._require_host()
         timeout = timeout or self.settings.p2p_request_timeout
         peer = ID.from_base58(record.peer_id)
-        addrs = [parse_multiaddr(addr) for addr in record.addrs]
+        configured = self.bootstrap.get(record.peer_id)
+        # a bootstrap peer's configured address stays worth trying (it may be a name that outlives the IP it told us)
+        texts = list(dict.fromkeys([*record.addrs, *([configured[0].addr] if configured else [])]))
+        addrs = [parse_multiaddr(addr) for addr in texts]
         outcome = "ok"
         try:
             with trio.move_on_after(timeout) as scope:

@@ -249,3 +249,29 @@ class ConnectionEvents(INotifee):
 
     async def listen_close(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
         return None
+
+
+async def learn_peer_id(host: BasicHost, addr: multiaddr.Multiaddr) -> str:
+    """The peer id of whoever listens at ``addr``: dial it, run the Noise handshake, hang up.
+
+    For bootstrap addresses given without ``/p2p/<id>``: py-libp2p dials only peers it
+    knows by id, but its Noise handshake authenticates the responder's key whether or not
+    the initiator expected one (``remote_peer=None``), so the id it returns is the key
+    that completed the handshake, not a claim.  The connection is closed at once; the
+    node then dials that peer the ordinary way.
+    """
+    swarm = host.get_network()
+    transport = swarm.transport_manager.transport_for_dialing(addr)  # type: ignore[attr-defined]
+    if transport is None:
+        raise ValueError(f"no transport can dial {addr}")
+    raw = await transport.dial(addr)
+    try:
+        secured = await swarm.upgrader.security_multistream.secure_outbound(raw, None)  # type: ignore[attr-defined]
+        try:
+            return str(secured.get_remote_peer())
+        finally:
+            with trio.CancelScope(shield=True):
+                await secured.close()
+    finally:
+        with trio.CancelScope(shield=True):
+            await raw.close()

@@ -247,6 +247,9 @@ async function client (target) {
     emit('expected_digest', { digest: createHash('sha256').update(Buffer.from(data, 'utf-8')).digest('hex') })
   }
   emit('reply', { op: 'queue.claim', reply: await rpc.request('queue.claim', { worker: 'js', boot: 'js-boot', types: ['echo'], max: 1 }) })
+  emit('reply', { op: 'queue.hint', reply: await rpc.request('queue.hint', { types: ['echo'] }) })
+  const report = { task_id: 'not-a-task', attempt: 1, ok: true, result: 'forged' }
+  emit('reply', { op: 'queue.complete', reply: await rpc.request('queue.complete', { reports: [report] }) })
   emit('reply', { op: 'no.such.op', reply: await rpc.request('no.such.op') })
   emit('reply', { op: 'missing-op', reply: await rpc.sendRaw({ v: 1, k: 'req', id: 99, t: 1000 }) })
   emit('reply', { op: 'bad-version', reply: await rpc.sendRaw({ v: 2, k: 'req', id: 100, op: 'ping', t: 1000 }) })
