@@ -473,10 +473,14 @@ class Node:
         configured = self.bootstrap.get(record.peer_id)
         # a bootstrap peer's configured address stays worth trying (it may be a name that outlives the IP it told us)
         texts = list(dict.fromkeys([*record.addrs, *([configured[0].addr] if configured else [])]))
-        addrs = [parse_multiaddr(addr) for addr in texts]
         outcome = "ok"
         try:
             with trio.move_on_after(timeout) as scope:
+                addrs = await libp2p_host.resolve_names([parse_multiaddr(addr) for addr in texts])
+                if not addrs:
+                    raise BridgeError(
+                        ErrorCode.UNAVAILABLE, f"cannot connect to {record.peer_id}: none of its addresses resolves"
+                    )
                 host.get_peerstore().add_addrs(peer, addrs, int(max(3600, 4 * self.settings.peer_gone_timeout)))
                 host.get_network().unblock_peer(peer)  # py-libp2p blocks re-dials for 60 s after a failure
                 try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -261,10 +262,13 @@ async def learn_peer_id(host: BasicHost, addr: multiaddr.Multiaddr) -> str:
     node then dials that peer the ordinary way.
     """
     swarm = host.get_network()
-    transport = swarm.transport_manager.transport_for_dialing(addr)  # type: ignore[attr-defined]
+    resolved = await resolve_names([addr])
+    if not resolved:
+        raise OSError(f"{addr}: the name does not resolve")
+    transport = swarm.transport_manager.transport_for_dialing(resolved[0])  # type: ignore[attr-defined]
     if transport is None:
         raise ValueError(f"no transport can dial {addr}")
-    raw = await transport.dial(addr)
+    raw = await transport.dial(resolved[0])
     try:
         secured = await swarm.upgrader.security_multistream.secure_outbound(raw, None)  # type: ignore[attr-defined]
         try:
@@ -275,3 +279,35 @@ async def learn_peer_id(host: BasicHost, addr: multiaddr.Multiaddr) -> str:
     finally:
         with trio.CancelScope(shield=True):
             await raw.close()
+
+
+_NAMES = {"dns": 0, "dns4": socket.AF_INET, "dns6": socket.AF_INET6}
+
+
+async def resolve_names(addrs: list[multiaddr.Multiaddr]) -> list[multiaddr.Multiaddr]:
+    """Addresses with a DNS name (``/dns4/peer.example/tcp/4001``) resolved by the system's resolver.
+
+    py-libp2p 0.8.1 resolves them itself, through a DNS client that asks the name servers
+    only: names in /etc/hosts (``localhost``) or that need the search domains of
+    /etc/resolv.conf (a short service name in a pod or a compose network) do not resolve
+    there.  ``getaddrinfo`` does what every other program on the host does.  IP addresses
+    pass through; a name that does not resolve is left out.
+    """
+    result: list[multiaddr.Multiaddr] = []
+    for addr in addrs:
+        parts = str(addr).strip("/").split("/")
+        if len(parts) < 4 or parts[0] not in _NAMES or parts[2] != "tcp":
+            result.append(addr)
+            continue
+        try:
+            infos = await trio.socket.getaddrinfo(parts[1], int(parts[3]), _NAMES[parts[0]], socket.SOCK_STREAM)
+        except OSError as exc:
+            log.debug("resolving %s: %s", addr, exc)
+            continue
+        rest = "/" + "/".join(parts[4:]) if len(parts) > 4 else ""
+        for family, _, _, _, sockaddr in infos:
+            kind = "ip4" if family == socket.AF_INET else "ip6"
+            text = f"/{kind}/{sockaddr[0]}/tcp/{sockaddr[1]}{rest}"
+            if multiaddr.Multiaddr(text) not in result:
+                result.append(multiaddr.Multiaddr(text))
+    return result
