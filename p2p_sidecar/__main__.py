@@ -20,7 +20,8 @@ def parse_args(argv: list[str] | None) -> dict[str, Any]:
         prog="python -m p2p_sidecar",
         description="P2P sidecar: a Trio process owning the libp2p node, serving P2P tools to gateways over the "
         "ZeroMQ bridge. Every option also has a SIDECAR_* environment variable (see the README); options win. "
-        "`python -m p2p_sidecar join [--data-dir DIR]` prints what another node needs to join this node's network.",
+        "`python -m p2p_sidecar join [--data-dir DIR] [--env-file FILE]` prints what another node needs to join "
+        "this node's network.",
     )
     parser.add_argument("--bridge-endpoint", help="endpoint to bind, tcp:// or ipc:// (SIDECAR_BRIDGE_ENDPOINT)")
     parser.add_argument("--admin-host", help="admin HTTP bind address (SIDECAR_ADMIN_HOST, default 127.0.0.1)")
@@ -28,6 +29,9 @@ def parse_args(argv: list[str] | None) -> dict[str, Any]:
     parser.add_argument("--data-dir", help="state directory (SIDECAR_DATA_DIR)")
     parser.add_argument("--tool-dirs", help="comma-separated tool directories with P2P tools (SIDECAR_TOOL_DIRS)")
     parser.add_argument("--log-level", help="critical, error, warning, info or debug (SIDECAR_LOG_LEVEL)")
+    parser.add_argument(
+        "--env-file", help="also read SIDECAR_* settings from this KEY=VALUE file (the environment wins)"
+    )
     args = parser.parse_args(argv)
     overrides = {
         "bridge_endpoint": args.bridge_endpoint,
@@ -36,6 +40,7 @@ def parse_args(argv: list[str] | None) -> dict[str, Any]:
         "data_dir": args.data_dir,
         "tool_dirs": args.tool_dirs,
         "log_level": args.log_level,
+        "_env_file": args.env_file,
     }
     return {key: value for key, value in overrides.items() if value is not None}
 
