@@ -287,6 +287,108 @@ def run(tmp: Path, *, calls: int, tasks: int, pinned: int, workflow_count: int) 
     return result
 
 
+COMMAND = "sudo .venv/bin/python -m bench.slow_links --write-docs"
+HEADING = "## 7. Links that are not loopback: three nodes, delay and loss"
+
+
+def markdown(result: dict[str, Any], command: str = COMMAND) -> str:
+    """The section of docs/benchmarks.md for one run (``run``'s result)."""
+    if "skipped" in result:
+        return f"{HEADING}\n\nNot run: {result['skipped']}. Run `{command}` as root for these figures.\n"
+    ids = {peer_id: name for name, peer_id in result["peer_ids"].items()}
+    out = [
+        HEADING,
+        "",
+        "```bash",
+        command,
+        "```",
+        "",
+        "Nodes a, b and c, each a sidecar and a gateway in its own network namespace, joined point to point: a-b and "
+        "a-c by links of **50 ms** one-way delay and **1%** loss each way (100 ms round trips), b-c by **200 ms / 5%** "
+        "(400 ms round trips). The links are TUN devices and a relay that delays and drops packets "
+        "(`bench/linklab.py`: this kernel has no `netem`). Every setting is the default (pings every 2 s, gone after "
+        "10 s, 10 s request deadlines, 30 s leases), in a closed network. b and c bootstrap from a and find each "
+        "other through peer exchange. The harness reaches the gateways over separate links without delay.",
+        "",
+        f"Bootstrap, from every process healthy to every node connected to both others: **{result['bootstrap_s']} s**.",
+        "",
+        "Remote tool calls (`p2p_remote_call_tool` of `hash_content`, one at a time), timed inside the calling "
+        "node (ms):",
+        "",
+        "| link | calls | p50 | p99 | max | failed |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, row in result["remote_calls_ms"].items():
+        out.append(f"| {name} | {row['n']} | {row['p50']} | {row['p99']} | {row['max']} | {row['failures']} |")
+    out += [
+        "",
+        "Task flow: `hash` tasks, submitted by 8 client threads, from the first submit to the last completion:",
+        "",
+        "| tasks | count | seconds | **tasks/s** | failed | ran on |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, row in result["tasks"].items():
+        ran = ", ".join(f"{ids.get(peer, peer)} {count}" for peer, count in sorted(row["ran_on"].items()))
+        out.append(
+            f"| {name} | {row['tasks']} | {row['seconds']} | **{row['tasks_per_s']}** | {row['failed']} | {ran} |"
+        )
+    flows = result["workflows_ms"]
+    out += [
+        "",
+        f"Workflows: {flows['completed']} diamond workflows at a (A anywhere, B pinned to b, C pinned to c, D "
+        f"anywhere; 4 at a time), submit to completion: p50 **{flows['p50']} ms**, p99 {flows['p99']} ms.",
+        "",
+        "Liveness over the lossy links during all of the above (smoothed round trip, slowest ping, pings that failed: "
+        "a failed ping only marks a peer unreachable):",
+        "",
+        "| pair | pings ok | pings failed | latency ms | slowest ms |",
+        "|---|---|---|---|---|",
+    ]
+    for pair, (forward, backward) in result["pings"].items():
+        for who, row in ((pair.replace("<->", " -> "), forward), (pair[::-1].replace(">-<", " -> "), backward)):
+            out.append(
+                f"| {who} | {row['pings_ok']} | {row['pings_failed']} | {row['latency_ms']} | {row['max_rtt_ms']} |"
+            )
+    seen = result["kill9_c_seen_gone_s"]
+    out += [
+        "",
+        f"Peers declared gone before the faults: **{result['gone_before_faults']}**.",
+        "",
+        "Time to notice a dead peer:",
+        "",
+        "| fault | seen gone after |",
+        "|---|---|",
+        f"| b cut off (both its links drop everything), seen by a | **{result['cut_b_seen_gone_by_a_s']} s** |",
+        f"| c killed with SIGKILL, seen by a | **{seen.get('a')} s** |",
+        f"| c killed with SIGKILL, seen by b | **{seen.get('b')} s** |",
+        "",
+        f"After the cut links came back, a had b connected again in {result['b_back_after_heal_s']} s, and every "
+        f"node had both others in {result['mesh_back_after_heal_s']} s. A peer is gone once nothing has been heard "
+        "from it for `SIDECAR_PEER_GONE_TIMEOUT` (10 s): a killed process's peers see its connection close at once "
+        "but wait out that silence, so both faults take about the timeout, less the time since the last answer.",
+        "",
+        "Relay counts (packets both ways, dropped): "
+        + ", ".join(f"{name} {row['packets']:,} / {row['dropped']:,}" for name, row in result["relay_counts"].items())
+        + ".",
+        "",
+    ]
+    return "\n".join(out)
+
+
+def write_docs(section: str, path: Path) -> None:
+    """Put this section into docs/benchmarks.md in place of the last one (before the tool-collection section)."""
+    text = path.read_text()
+    lines = text.split("\n")
+    if HEADING in lines:
+        start = lines.index(HEADING)
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        lines[start:end] = [*section.rstrip("\n").split("\n"), ""]
+    else:
+        anchor = next(i for i, line in enumerate(lines) if line.startswith("## Tool collection"))
+        lines[anchor:anchor] = [*section.rstrip("\n").split("\n"), ""]
+    path.write_text("\n".join(lines))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=200)
@@ -294,13 +396,24 @@ def main() -> None:
     parser.add_argument("--pinned", type=int, default=100)
     parser.add_argument("--workflows", type=int, default=20)
     parser.add_argument("--json", type=Path, help="also write the result here")
+    parser.add_argument("--from-json", type=Path, help="do not run: render a result written by --json")
+    parser.add_argument("--write-docs", action="store_true", help="put the figures into docs/benchmarks.md")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="mcp-p2p-slow-links-") as tmp:
-        result = run(Path(tmp), calls=args.calls, tasks=args.tasks, pinned=args.pinned,
-                     workflow_count=args.workflows)  # fmt: skip
+    if args.from_json:
+        result = json.loads(args.from_json.read_text())
+    else:
+        with tempfile.TemporaryDirectory(prefix="mcp-p2p-slow-links-") as tmp:
+            result = run(Path(tmp), calls=args.calls, tasks=args.tasks, pinned=args.pinned,
+                         workflow_count=args.workflows)  # fmt: skip
     print(json.dumps(result, indent=2))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
+    section = markdown(result)
+    print(section)
+    if args.write_docs:
+        docs = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+        write_docs(section, docs)
+        print(f"wrote the section into {docs}")
 
 
 if __name__ == "__main__":
