@@ -125,7 +125,8 @@ class SidecarSettings(BaseSettings):
     )
     bootstrap_peers: PeerAddrs = Field(
         default_factory=list,
-        description="Peers dialled at start and re-dialled with backoff: multiaddrs ending in /p2p/<peer id>.",
+        description="Peers dialled at start and re-dialled with backoff: multiaddrs, ending in /p2p/<peer id> "
+        "when it is known (without it, the id is learned from the handshake).",
     )
     bootstrap_file: Path | None = Field(
         None, description="File of more bootstrap peer multiaddrs, one per line (# starts a comment)."
