@@ -709,13 +709,19 @@ class Node:
 
     # -- mDNS ---------------------------------------------------------------------------------------
     async def _mdns_loop(self, host: BasicHost) -> None:
-        """py-libp2p's mDNS only fills its own peerstore; adopt the peers it finds as KNOWN."""
+        """py-libp2p's mDNS only fills its own peerstore; adopt the peers it finds as KNOWN.
+
+        That peerstore also holds what identify told us about peers connected to us (their listen addresses,
+        whatever their hello said): a peer with a connection is not an mDNS find, and is left alone.
+        """
         peerstore = host.get_peerstore()
         while True:
             await trio.sleep(MDNS_SCAN_EVERY)
             for peer in peerstore.peers_with_addrs():
                 peer_id = str(peer)
                 if peer_id == self.peer_id or self.table.get(peer_id) is not None:
+                    continue
+                if libp2p_host.connected(host, peer_id):
                     continue
                 addrs = [str(addr) for addr in peerstore.addrs(peer) if "/tcp/" in str(addr)]
                 if addrs and self.table.ensure(peer_id, now=time.time(), source="mdns", addrs=addrs):
