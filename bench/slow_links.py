@@ -7,7 +7,8 @@ Nodes a, b and c (each a sidecar and a gateway, in its own namespace; ``bench/li
 to point: a-b and a-c by links of 50 ms one-way delay and 1% loss in each direction (100 ms round trips), and
 b-c by a link of 200 ms and 5% loss (400 ms round trips).  b and c bootstrap from a and find each other
 through peer exchange; every setting is the default (pings every 2 s, a peer gone after 10 s without an
-answer, 10 s request deadlines, 30 s leases), in a closed network (a shared secret).  The harness talks to
+answer, 10 s request deadlines, 30 s leases, 8 worker slots) but the one tool served to peers, in a closed
+network (a shared secret).  The harness talks to
 the gateways over separate management links without delay.  Measured, in order:
 
 * bootstrap: from every process healthy to every node connected to both others;
@@ -69,7 +70,6 @@ def build(lab: LinkLab, tmp: Path, **settings: str) -> dict[str, LabPeer]:
             SIDECAR_ADMIN_PORT="8002",
             SIDECAR_BRIDGE_ENDPOINT="tcp://127.0.0.1:8001",
             SIDECAR_REMOTE_TOOLS_ALLOW="hash_content",
-            SIDECAR_WORKER_CONCURRENCY="4",
             SIDECAR_LOG_LEVEL="info",
             **settings,
         )
@@ -307,8 +307,9 @@ def markdown(result: dict[str, Any], command: str = COMMAND) -> str:
         "a-c by links of **50 ms** one-way delay and **1%** loss each way (100 ms round trips), b-c by **200 ms / 5%** "
         "(400 ms round trips). The links are TUN devices and a relay that delays and drops packets "
         "(`bench/linklab.py`: this kernel has no `netem`). Every setting is the default (pings every 2 s, gone after "
-        "10 s, 10 s request deadlines, 30 s leases), in a closed network. b and c bootstrap from a and find each "
-        "other through peer exchange. The harness reaches the gateways over separate links without delay.",
+        "10 s, 10 s request deadlines, 30 s leases, 8 worker slots per node) but `SIDECAR_REMOTE_TOOLS_ALLOW="
+        "hash_content`, in a closed network (a shared secret). b and c bootstrap from a and find each other through "
+        "peer exchange. The harness reaches the gateways over separate links without delay.",
         "",
         f"Bootstrap, from every process healthy to every node connected to both others: **{result['bootstrap_s']} s**.",
         "",
