@@ -35,6 +35,7 @@ from gateway.rest_models import (
 )
 from gateway.router import RuntimeRouter
 from shared_schema import BridgeError, ErrorCode, ToolSpec
+from shared_schema.function_tool import call_notes
 
 _ID_SCHEMA = {"type": ["string", "number", "null"]}
 _ARGUMENTS_SCHEMA = {"type": ["object", "null"]}
@@ -195,12 +196,16 @@ def build_rest_router(registry: ToolRegistry, router: RuntimeRouter) -> APIRoute
             error = {"code": ErrorCode.INVALID_ARGUMENTS.value, "message": f"the request body is {reason}"}
             return _json({"tool": tool_name, "status": "error", "error": error}, 422)
         try:
-            result = await router.call(tool_name, parameters, client=_client(request))
+            with call_notes() as notes:
+                result = await router.call(tool_name, parameters, client=_client(request))
         except BridgeError as exc:
             headers = {"Retry-After": "1"} if exc.code in RETRYABLE else None
             body = {"tool": tool_name, "status": "error", "error": exc.info.to_wire()}
             return _json(body, HTTP_STATUS.get(exc.code, 500), headers)
-        return _json({"tool": tool_name, "status": "success", "result": result})
+        answer: dict[str, Any] = {"tool": tool_name, "status": "success", "result": result}
+        if notes:
+            answer["_meta"] = notes
+        return _json(answer)
 
     async def tools_listing(request_id: Any) -> Response:
         await registry.prepare_listing()
@@ -271,7 +276,8 @@ def build_rest_router(registry: ToolRegistry, router: RuntimeRouter) -> APIRoute
             return _jsonrpc_error(request_id if valid_id else None, exc.code, str(exc), status=400)
         request_id = payload.get("id")
         try:
-            result = await router.call(name, arguments, client=_client(request))
+            with call_notes() as notes:
+                result = await router.call(name, arguments, client=_client(request))
         except BridgeError as exc:
             code = REST_JSONRPC_ERRORS.get(exc.code)
             if exc.code is ErrorCode.RATE_LIMITED:  # not accepted at all: say so in HTTP terms too
@@ -286,6 +292,8 @@ def build_rest_router(registry: ToolRegistry, router: RuntimeRouter) -> APIRoute
         text = json.dumps(result, separators=(",", ":"), ensure_ascii=False, default=str)
         structured = result if isinstance(result, dict) else {"result": result}
         call_result = {"content": [{"type": "text", "text": text}], "structuredContent": structured, "isError": False}
+        if notes:
+            call_result["_meta"] = notes
         return _json({"jsonrpc": "2.0", "id": request_id, "result": call_result})
 
     return api

@@ -24,10 +24,20 @@ class ErrorBody(BaseModel):
     data: Any = None
 
 
+def _call_meta() -> Any:
+    return Field(
+        default=None,
+        alias="_meta",
+        description="Notes on the call, e.g. io.github.mcp-p2p/ignored_arguments: argument names a collection tool "
+        "does not take, dropped rather than refused.",
+    )
+
+
 class ToolSuccess(BaseModel):
     tool: str
     status: Literal["success"]
     result: Any
+    meta: dict[str, Any] | None = _call_meta()
 
 
 class ToolFailure(BaseModel):
@@ -120,6 +130,7 @@ class CallResult(BaseModel):
     content: list[dict[str, Any]]
     structuredContent: dict[str, Any]
     isError: bool
+    meta: dict[str, Any] | None = _call_meta()
 
 
 class McpCallResult(BaseModel):

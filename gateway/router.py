@@ -18,6 +18,7 @@ from gateway.limits import ClientCallLimiter
 from gateway.metrics import GatewayMetrics
 from gateway.registry import ToolRegistry
 from shared_schema import BridgeError, Envelope, ErrorCode, ErrorInfo
+from shared_schema.function_tool import note_ignored_arguments
 from shared_schema.limits import DEFAULT_MAX_ARGUMENT_DEPTH, check_argument_depth
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,11 @@ class RuntimeRouter:
         try:
             if route.local is not None:
                 return await route.local.invoke(arguments, timeout)
+            if route.screen is not None and route.screen.signature.lenient:  # as the sidecar's copy will judge them
+                ignored = route.screen.signature.ignored(arguments)
+                if ignored:
+                    note_ignored_arguments(ignored)
+                    arguments = {key: value for key, value in arguments.items() if key not in ignored}
             if self.bridge is None:
                 raise BridgeError(ErrorCode.UNAVAILABLE, "P2P sidecar unavailable (the gateway runs without a bridge)")
             if self.bridge.available and not self.registry.announced(name):

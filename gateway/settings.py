@@ -6,7 +6,7 @@ environment after start-up.  Every field is documented in the README table.
 
 from __future__ import annotations
 
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import Field, FilePath, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -43,6 +43,14 @@ class GatewaySettings(BaseSettings):
     tool_cache_dir: str | None = Field(
         None,
         description="Tool-schema cache folder (default ${XDG_CACHE_HOME:-~/.cache}/mcp-p2p); 'off' disables it.",
+    )
+    tool_selection: Literal["original", "wide"] = Field(
+        "original",
+        description="Which functions of a collection module are tools: 'original' (ipfs_datasets_py's rule) or "
+        "'wide' (also every public function of a module none of whose functions is named like it).",
+    )
+    tool_allow_installs: bool = Field(
+        False, description="Let mounted collections install packages (their auto-installers are off otherwise)."
     )
     mcp_json_response: bool = Field(
         True,

@@ -65,8 +65,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s sidecar %(name)s: %(message)s"
     )
-    from p2p_sidecar.bridge_server import BridgeStartupError
-    from p2p_sidecar.main import SidecarStartupError, run
+    from p2p_sidecar.errors import StartupError
+    from p2p_sidecar.main import run
 
     if not os.environ.get("LIBP2P_DEBUG"):
         # Importing libp2p detaches its logger (propagate=False, no handler) unless LIBP2P_DEBUG is set, so
@@ -86,12 +86,12 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         trio.run(run, settings)
-    except (SidecarStartupError, BridgeStartupError, BaseExceptionGroup) as exc:
+    except (StartupError, BaseExceptionGroup) as exc:
         # Trio's nurseries wrap a start-up failure in exception groups; unwrap a lone one to report it in one line.
         error: BaseException = exc
         while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
             error = error.exceptions[0]
-        if not isinstance(error, SidecarStartupError | BridgeStartupError):
+        if not isinstance(error, StartupError):
             raise
         print(f"sidecar cannot start: {error}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -25,6 +25,7 @@ from typing import Any
 import trio
 import zmq
 
+from p2p_sidecar.errors import StartupError
 from p2p_sidecar.metrics import SidecarMetrics
 from p2p_sidecar.settings import SidecarSettings
 from p2p_sidecar.tools import ToolCatalog
@@ -51,10 +52,6 @@ FLUSH_ON_CLOSE_MS = 500
 
 DELIVERY_CONFIRM_SECONDS = 1.0
 """How long a drain waits for gateways to confirm they read the last replies (see ``wait_idle``)."""
-
-
-class BridgeStartupError(RuntimeError):
-    """The bridge could not bind; the message says which endpoint and why."""
 
 
 @dataclass
@@ -112,7 +109,7 @@ class BridgeServer:
                     load_public_keys(settings.bridge_curve_client_keys, "SIDECAR_BRIDGE_CURVE_CLIENT_KEYS"),
                 )
             except CurveKeyError as exc:
-                raise BridgeStartupError(str(exc)) from None
+                raise StartupError(str(exc)) from None
         metrics.in_flight.set_function(lambda: len(self._running))
         metrics.gateways.set_function(lambda: len(self.gateways))
         catalog.on_change(self._push_catalog)
@@ -160,7 +157,7 @@ class BridgeServer:
             sock.bind(self._settings.bridge_endpoint)
         except zmq.ZMQError as exc:
             sock.close(linger=0)
-            raise BridgeStartupError(f"cannot bind the bridge on {self._settings.bridge_endpoint}: {exc}") from None
+            raise StartupError(f"cannot bind the bridge on {self._settings.bridge_endpoint}: {exc}") from None
         security = "CURVE" if self._curve is not None else "loopback only, no encryption"
         log.info("bridge listening on %s (%s)", self._settings.bridge_endpoint, security)
         return sock

@@ -1,15 +1,18 @@
 """The sidecar's composition root and its start-up / shutdown order.
 
-Start-up is the nesting order of ``nursery.start`` calls, each returning only
-once its subsystem is ready (Trio's ``task_status``): admin HTTP, then the
-libp2p node (listening; it dials its peers afterwards), then the task queue
-(with its workers and workflows), then the bridge.  Shutdown on SIGTERM/SIGINT
-is the same nesting undone:
+The queue's database is opened first (a locked, damaged or newer database
+stops the start with one line), then the task queue is built around it, so
+that its task types are in the node's capabilities before the node says
+hello to anyone.  The subsystems then start nested, each returning from
+``nursery.start`` only once ready (Trio's ``task_status``)::
 
-    stop accepting calls and claiming tasks  ->  drain in-flight calls and
-    running tasks (up to the grace period; tasks still running are handed back to the queue)
-    ->  cancel the queue (its releases reach remote owners over the live node)
-    ->  cancel the root nursery  ->  sockets closed by their owners  ->  exit 0
+    admin HTTP  ⊃  libp2p node (+ mounted tool collection)  ⊃  bridge  ⊃  task queue (+ workflows)
+
+Shutdown on SIGTERM/SIGINT undoes the nesting from the inside out:
+
+    stop accepting calls and claiming tasks  ->  drain in-flight calls and running tasks (up to the grace
+    period)  ->  cancel the queue: attempts still running hand their leases back, to this node's store or
+    to remote owners over the still-running node  ->  cancel the bridge  ->  the node  ->  admin  ->  exit 0
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ import gc
 import logging
 import os
 import signal
-import sqlite3
 import time
 from typing import Any
 
@@ -26,16 +28,17 @@ import trio
 
 from p2p_sidecar import __version__
 from p2p_sidecar.admin import AdminServer
-from p2p_sidecar.bridge_server import BridgeServer, BridgeStartupError
+from p2p_sidecar.bridge_server import BridgeServer
+from p2p_sidecar.errors import StartupError
 from p2p_sidecar.metrics import SidecarMetrics
-from p2p_sidecar.node.host import Node, NodeStartupError
+from p2p_sidecar.node.host import Node
 from p2p_sidecar.node.metrics import NodeMetrics
 from p2p_sidecar.settings import SidecarSettings
-from p2p_sidecar.taskqueue import QueueService, register_queue_tools
+from p2p_sidecar.taskqueue import QueueService, TaskStore, register_queue_tools
 from p2p_sidecar.taskqueue.peer_rpc import NodePeerRpc
-from p2p_sidecar.taskqueue.store import StoreStartupError
 from p2p_sidecar.tools import ToolCatalog
 from p2p_sidecar.tools.bootstrap import register_bootstrap_tools
+from p2p_sidecar.tools.catalog import CatalogTools
 from p2p_sidecar.tools.collection import load_tool_collection
 from p2p_sidecar.tools.peers import register_peer_tools
 from p2p_sidecar.tools.remote import register_remote_tools
@@ -46,16 +49,12 @@ from shared_schema import sd_notify
 log = logging.getLogger(__name__)
 
 
-class SidecarStartupError(RuntimeError):
-    """Something the sidecar needs at start-up is missing; the message says what."""
-
-
 def prepare_data_dir(settings: SidecarSettings) -> None:
     path = settings.data_dir
     try:
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as exc:
-        raise SidecarStartupError(f"SIDECAR_DATA_DIR {path} cannot be created: {exc.strerror}") from None
+        raise StartupError(f"SIDECAR_DATA_DIR {path} cannot be created: {exc.strerror}") from None
     # A real write, not os.access: access() answers for permissions, but a read-only mount, a full disk or an
     # immutable directory show up only when a file is actually created.
     probe = path / f".write-probe-{os.getpid()}"
@@ -63,7 +62,7 @@ def prepare_data_dir(settings: SidecarSettings) -> None:
         os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         os.unlink(probe)
     except OSError as exc:
-        raise SidecarStartupError(f"SIDECAR_DATA_DIR {path} is not writable: {exc.strerror}") from None
+        raise StartupError(f"SIDECAR_DATA_DIR {path} is not writable: {exc.strerror}") from None
 
 
 class Sidecar:
@@ -77,39 +76,32 @@ class Sidecar:
         self.bridge = BridgeServer(settings, self.catalog, self.metrics, node_info=self.node_summary)
         self.admin = AdminServer(settings, self.metrics, self.health)
         self.ready = False
-        self._queue_scope = trio.CancelScope()
-        self._queue_stopped = trio.Event()
-        try:
-            self.node = Node(
-                settings,
-                NodeMetrics(self.metrics.registry),
-                gateway_tools=self._gateway_tools,
-                gateway_connected=lambda: self.bridge.pick_gateway() is not None,
-                call_gateway=lambda tool, args, timeout: self.bridge.call_gateway(tool, args, timeout=timeout),
-            )
-        except NodeStartupError as exc:
-            raise SidecarStartupError(str(exc)) from None
+        self.queue: QueueService | None = None
+        self.node = Node(
+            settings,
+            NodeMetrics(self.metrics.registry),
+            gateway_tools=self._gateway_tools,
+            gateway_connected=lambda: self.bridge.pick_gateway() is not None,
+            call_gateway=lambda tool, args, timeout: self.bridge.call_gateway(tool, args, timeout=timeout),
+        )
         register_service_tools(self.catalog, status=self.status, peers=self._peers)
         register_peer_tools(self.catalog, self.node)
         register_bootstrap_tools(self.catalog, self.node)
         register_remote_tools(self.catalog, self.node)
-        try:
-            # The queue serves its queue.* ops on the node and advertises the task types its workers run.
-            self.queue = QueueService(
-                settings,
-                rpc=NodePeerRpc(self.node),
-                call_gateway=self.bridge.call_gateway,
-                on_limit=lambda limit: self.metrics.limit_rejections.labels(limit).inc(),
-            )
-        except StoreStartupError as exc:
-            raise SidecarStartupError(str(exc)) from None
-        try:
-            self.workflows = WorkflowEngine(self.queue)
-        except sqlite3.Error as exc:
-            self.queue.store.close()
-            raise SidecarStartupError(f"the task queue database {self.queue.store.path}: {exc}") from None
-        register_queue_tools(self.catalog, self.queue)
-        register_workflow_tools(self.catalog, self.workflows)
+
+    def _build_queue(self, store: TaskStore) -> QueueService:
+        """The queue, its workflows and their tools, around an open store; advertises the task types it runs."""
+        queue = QueueService(
+            self.settings,
+            store,
+            rpc=NodePeerRpc(self.node),
+            call_gateway=self.bridge.call_gateway,
+            local_tools=CatalogTools(self.catalog),
+            on_limit=lambda limit: self.metrics.limit_rejections.labels(limit).inc(),
+        )
+        register_queue_tools(self.catalog, queue)
+        register_workflow_tools(self.catalog, WorkflowEngine(queue))
+        return queue
 
     def _gateway_tools(self) -> list[str]:
         link = self.bridge.pick_gateway()
@@ -132,7 +124,7 @@ class Sidecar:
                 "in_flight": self.bridge.in_flight,
             },
             "tools": len(self.catalog),
-            "queue": self.queue.store.counts(),
+            "queue": self.queue.store.counts() if self.queue is not None else None,
             "p2p": {
                 "peer_id": self.node.peer_id,
                 "listen_addrs": self.node.listen_addrs,
@@ -148,63 +140,68 @@ class Sidecar:
         return self.ready, body
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async with trio.open_nursery() as root:
-                await root.start(self.admin.run)
-                await root.start(self.node.run)
-                await load_tool_collection(self.catalog, self.settings)
-                await root.start(self._run_queue)
-                await root.start(self.bridge.run)
-                self.ready = True
-                gc.freeze()  # the start-up heap (libp2p, schemas) lives as long as we do: out of full collections
-                log.info("sidecar ready (bridge %s, admin port %s)", self.settings.bridge_endpoint, self.admin.bound)
-                sd_notify.notify("READY=1", f"STATUS=bridge on {self.settings.bridge_endpoint}")
-                task_status.started()
-                async for signum in signals:
-                    log.info("received %s: draining", signal.Signals(signum).name)
-                    break
-                await self._drain()
-                # The queue stops first: attempts still running when the grace period ended hand their leases
-                # back to remote owners while the network is still up.
-                self._queue_scope.cancel()
-                await self._queue_stopped.wait()
-                root.cancel_scope.cancel()
+        settings = self.settings
+        with (
+            trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals,
+            TaskStore.open(
+                settings.data_dir / "queue.db",
+                sync=settings.queue_sync,
+                max_result_bytes=settings.task_max_result_bytes,
+            ) as store,
+        ):
+            queue = self.queue = self._build_queue(store)
+            async with trio.open_nursery() as admin:
+                await admin.start(self.admin.run)
+                async with trio.open_nursery() as node:
+                    await node.start(self.node.run)
+                    await load_tool_collection(self.catalog, settings)
+                    async with trio.open_nursery() as bridge:
+                        await bridge.start(self.bridge.run)
+                        async with trio.open_nursery() as work:
+                            await work.start(queue.run)
+                            self.ready = True
+                            gc.freeze()  # the start-up heap (libp2p, schemas) lives as long as we do
+                            log.info(
+                                "sidecar ready (bridge %s, admin port %s)", settings.bridge_endpoint, self.admin.bound
+                            )
+                            sd_notify.notify("READY=1", f"STATUS=bridge on {settings.bridge_endpoint}")
+                            task_status.started()
+                            async for signum in signals:
+                                log.info("received %s: draining", signal.Signals(signum).name)
+                                break
+                            await self._drain(queue)
+                            work.cancel_scope.cancel()
+                        bridge.cancel_scope.cancel()
+                    node.cancel_scope.cancel()
+                admin.cancel_scope.cancel()
         log.info("sidecar stopped")
 
-    async def _run_queue(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        try:
-            with self._queue_scope:
-                await self.queue.run(task_status=task_status)
-        finally:
-            self._queue_stopped.set()
-
-    async def _drain(self) -> None:
+    async def _drain(self, queue: QueueService) -> None:
         self.ready = False
         sd_notify.notify("STOPPING=1", "STATUS=draining in-flight work")
         self.bridge.stop_accepting()
         self.node.stop_accepting()
-        self.queue.stop_claiming()  # running tasks may finish; what is left is released to the queue
+        queue.stop_claiming()  # running tasks may finish; what is left is released to the queue
         grace = self.settings.shutdown_grace_seconds
         with trio.move_on_after(grace) as scope:
             await self.bridge.wait_idle()
-            await self.queue.wait_idle()
+            await queue.wait_idle()
         if scope.cancelled_caught:
             log.warning(
                 "grace period of %.1fs over: cancelling %d calls and %d tasks",
                 grace,
                 self.bridge.in_flight,
-                self.queue.running_here,
+                queue.running_here,
             )
 
 
 async def run(settings: SidecarSettings) -> None:
     prepare_data_dir(settings)
-    sidecar = Sidecar(settings)
     try:
-        await sidecar.serve()
-    except* (NodeStartupError, BridgeStartupError, StoreStartupError) as group:
+        await Sidecar(settings).serve()
+    except* StartupError as group:
         # Trio wraps a child's start-up failure in (nested) exception groups; report the first one plainly.
-        raise SidecarStartupError(str(_first_leaf(group))) from None
+        raise _first_leaf(group) from None
 
 
 def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:

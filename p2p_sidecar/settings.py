@@ -79,6 +79,17 @@ class SidecarSettings(BaseSettings):
     tool_entry_points: bool = Field(
         True, description="Also serve P2P-marked tools installed under the mcp_p2p.tools entry points."
     )
+    tool_cache_dir: str | None = Field(
+        None,
+        description="Tool-schema cache folder, so a restart announces the collection's P2P tools without importing "
+        "them (default SIDECAR_DATA_DIR); 'off' disables it.",
+    )
+    tool_selection: Literal["original", "wide"] = Field(
+        "original", description="Which functions of a collection module are tools (as GATEWAY_TOOL_SELECTION)."
+    )
+    tool_allow_installs: bool = Field(
+        False, description="Let mounted collections install packages (their auto-installers are off otherwise)."
+    )
 
     @field_validator("tool_dirs")
     @classmethod

@@ -5,21 +5,33 @@ so a function means the same thing on either side of the bridge.  Calls go
 through anyio, which runs on the gateway's asyncio loop and on the sidecar's
 Trio loop alike: sync functions run in a worker thread, every call has a
 deadline, and every failure leaves as a ``BridgeError``.
+
+A result leaves as JSON-ready data or not at all: pydantic models,
+dataclasses, tuples and sets, dates, UUIDs, paths, enums and objects with a
+``tolist()`` (numpy arrays and scalars) are converted, ``NaN`` and infinities
+become ``null`` (as in JavaScript's ``JSON.stringify``), and anything else (an
+arbitrary object, a circular structure, bytes that are not UTF-8) makes the
+call a ``tool_error`` saying so, never a failure of the face that answers it.
+
+What the calling layer has to tell the caller beside the result (arguments a
+lenient signature ignored) is collected with ``call_notes`` by the face that
+answers, which puts it in the answer's ``_meta``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
 import anyio.to_thread
-from pydantic import BaseModel
+from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from shared_schema.errors import BridgeError, ErrorCode
 from shared_schema.signature import ArgumentsInvalid, Signature
@@ -28,15 +40,51 @@ from shared_schema.tool_metadata import METADATA_ATTRIBUTE, P2P_RUNTIME, RUNTIME
 log = logging.getLogger(__name__)
 
 
+IGNORED_ARGUMENTS_NOTE = "io.github.mcp-p2p/ignored_arguments"
+"""``_meta`` key: the argument names a call carried that its tool does not take (dropped, not refused)."""
+
+_notes: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("call_notes", default=None)
+
+
+@contextlib.contextmanager
+def call_notes() -> Iterator[dict[str, Any]]:
+    """Collect the notes of the calls made inside (in this task; worker threads inherit it); empty when none."""
+    notes: dict[str, Any] = {}
+    token = _notes.set(notes)
+    try:
+        yield notes
+    finally:
+        _notes.reset(token)
+
+
+def note_ignored_arguments(names: list[str]) -> None:
+    notes = _notes.get()
+    if notes is not None and names:
+        ignored = notes.setdefault(IGNORED_ARGUMENTS_NOTE, [])
+        ignored.extend(name for name in names if name not in ignored)
+
+
+class ResultNotJSON(ValueError):
+    """A tool result with a value JSON cannot carry."""
+
+
+def _fallback(value: Any) -> Any:
+    tolist = getattr(value, "tolist", None)  # numpy arrays and scalars, array.array
+    if callable(tolist):
+        return tolist()
+    raise ResultNotJSON(f"{type(value).__module__}.{type(value).__qualname__} is not JSON")
+
+
 def to_jsonable(value: Any) -> Any:
-    """Tool results travel as JSON (HTTP) and msgpack (bridge); pydantic models are dumped first."""
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
-    if isinstance(value, list | tuple):
-        return [to_jsonable(item) for item in value]
-    if isinstance(value, dict):
-        return {str(key): to_jsonable(item) for key, item in value.items()}
-    return value
+    """Tool results travel as JSON (HTTP) and msgpack (bridge): convert, or raise ``ResultNotJSON``."""
+    if type(value) is dict and not value:
+        return value
+    try:
+        return to_jsonable_python(value, inf_nan_mode="null", fallback=_fallback)
+    except ResultNotJSON:
+        raise
+    except (PydanticSerializationError, ValueError, TypeError, RecursionError) as exc:
+        raise ResultNotJSON(f"{type(exc).__name__}: {exc}") from None
 
 
 def metadata_of(fn: Callable[..., Any], **overrides: Any) -> ToolMetadata:
@@ -83,10 +131,12 @@ class FunctionTool:
         name: str | None = None,
         metadata: ToolMetadata | None = None,
         annotations: dict[str, Any] | None = None,
+        lenient: bool = False,
     ) -> FunctionTool:
+        """``lenient``: judge arguments as a server that did not validate would (``Signature``)."""
         metadata = metadata or metadata_of(fn)
         tool_name = name or metadata.name or fn.__name__
-        signature = Signature(fn, name=tool_name)
+        signature = Signature(fn, name=tool_name, lenient=lenient)
         spec = ToolSpec(
             name=tool_name,
             description=description_of(fn, metadata),
@@ -107,6 +157,8 @@ class FunctionTool:
             kwargs = self.signature.bind(arguments)
         except ArgumentsInvalid as exc:
             raise BridgeError(ErrorCode.INVALID_ARGUMENTS, str(exc), {"errors": exc.errors}) from None
+        if self.signature.lenient:
+            note_ignored_arguments(self.signature.ignored(arguments))
         try:
             with anyio.fail_after(timeout) if timeout is not None else contextlib.nullcontext():
                 if self.is_async:
@@ -123,4 +175,10 @@ class FunctionTool:
             raise BridgeError(ErrorCode.TOOL_ERROR, f"{type(exc).__name__}: {exc}") from exc
         if self.metadata.deprecated and isinstance(result, dict):
             result = {**result, "_deprecated": self.metadata.deprecation_message or "this tool is deprecated"}
-        return to_jsonable(result)
+        try:
+            return to_jsonable(result)
+        except ResultNotJSON as exc:
+            log.warning("tool %s returned a result JSON cannot carry: %s", self.name, exc)
+            raise BridgeError(
+                ErrorCode.TOOL_ERROR, f"the result of {self.name!r} cannot be encoded as JSON: {exc}"
+            ) from None

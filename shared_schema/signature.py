@@ -12,7 +12,7 @@ from __future__ import annotations
 import inspect
 import typing
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
@@ -42,9 +42,17 @@ class Signature:
     aliases, so parameters called ``schema`` or ``model_config`` do not collide
     with pydantic's own attributes.  A ``**kwargs`` parameter makes the tool
     accept (and receive) arguments the schema does not name.
+
+    ``lenient`` is for tools written for a server that did not validate
+    (mounted collections): it keeps what agents of that server relied on and
+    nothing that could change a value's meaning.  Arguments the function does
+    not take are dropped (``bind`` reports them, so the caller can be told),
+    a number where the signature says ``str`` becomes its decimal text, and
+    an explicit ``null`` is accepted for a parameter whose default is
+    ``None``.  Everything else that does not fit is refused as before.
     """
 
-    def __init__(self, fn: Callable[..., Any], *, name: str | None = None) -> None:
+    def __init__(self, fn: Callable[..., Any], *, name: str | None = None, lenient: bool = False) -> None:
         self.name = name or getattr(fn, "__name__", "tool")
         signature = inspect.signature(fn)
         try:
@@ -63,6 +71,8 @@ class Signature:
                 continue
             annotation = hints.get(param_name, Any)
             default = ... if param.default is inspect.Parameter.empty else param.default
+            if lenient and default is None and annotation is not Any:
+                annotation = Optional[annotation]  # noqa: UP045 - the annotation is a runtime value here
             internal = f"p{index}"
             fields[internal] = (annotation, Field(default, alias=param_name))
             self._names.append((internal, param_name))
@@ -70,7 +80,9 @@ class Signature:
             extra="allow" if accepts_extra else "forbid",
             arbitrary_types_allowed=True,
             populate_by_name=False,
+            coerce_numbers_to_str=lenient,
         )
+        self.lenient = lenient
         self._model: type[BaseModel] = create_model(  # type: ignore[call-overload]
             f"{self.name.replace('.', '_')}_arguments", __config__=config, **fields
         )
@@ -86,8 +98,16 @@ class Signature:
             schema["additionalProperties"] = False
         return schema
 
+    def ignored(self, arguments: dict[str, Any] | None) -> list[str]:
+        """The names in ``arguments`` a lenient signature drops (none for a strict one, which refuses them)."""
+        if not self.lenient or self.accepts_extra or not arguments:
+            return []
+        return [key for key in arguments if key not in self.parameter_names]
+
     def bind(self, arguments: dict[str, Any] | None) -> dict[str, Any]:
         """Validate ``arguments`` and return the keyword arguments to call the function with."""
+        if self.lenient and arguments and not self.accepts_extra:
+            arguments = {key: value for key, value in arguments.items() if key in self.parameter_names}
         try:
             model = self._model.model_validate(arguments or {})
         except ValidationError as exc:

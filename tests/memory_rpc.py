@@ -14,7 +14,7 @@ from typing import Any
 
 import trio
 
-from p2p_sidecar.taskqueue.distribution import BadRequest, OpHandler, PeerOpFailed, PeerUnreachable
+from p2p_sidecar.taskqueue.protocol import BadRequest, OpHandler, PeerOpFailed, PeerUnreachable
 
 
 class MemoryNetwork:

@@ -19,7 +19,7 @@ import trio
 from gateway.registry import ToolRegistry
 from shared_schema.compat import SchemaCache, ToolCollection, scan_tool_dirs
 from shared_schema.compat.flavour import adapt_for_host, coroutine_flavour
-from shared_schema.compat.rules import tool_metadata_for
+from shared_schema.compat.rules import Selection, tool_metadata_for
 from shared_schema.compat.scan import ModuleSource
 from shared_schema.tool_metadata import ToolMetadata, ToolSpec, tool_metadata
 from tests.procs import ROOT, base_env
@@ -32,8 +32,8 @@ def _module(root: Path, category: str, stem: str, source: str) -> None:
     (folder / f"{stem}.py").write_text(textwrap.dedent(source).lstrip())
 
 
-def _resolved_names(root: Path) -> list[str]:
-    collection = ToolCollection(scan_tool_dirs([root]), host="asyncio")
+def _resolved_names(root: Path, selection: Selection = "original") -> list[str]:
+    collection = ToolCollection(scan_tool_dirs([root]), host="asyncio", selection=selection)
     collection.resolve_all(collection.modules)
     return sorted(tool.name for m in collection.modules for tool in m.resolution.tools)  # type: ignore[union-attr]
 
@@ -72,14 +72,24 @@ def test_naming_rule(tmp_path: Path) -> None:
     _module(tmp_path, "data", "lookup", "def find_record(record_id: int): ...")
     _module(tmp_path, "data", "wrapper", "from os.path import join as wrapper_join\n")
     _module(tmp_path, "data", "empty", "X = 1\n")
-    assert _resolved_names(tmp_path) == [
-        "data.alpha",
-        "data.beta",
-        "data.find_record",
+    _module(
+        tmp_path,
+        "data",
+        "p2p_mod",
+        "from shared_schema import tool_metadata\n\n@tool_metadata(runtime='trio')\ndef remote_thing(): ...\n\n"
+        "@tool_metadata(requires_p2p=True)\ndef other_thing(): ...\n\n@tool_metadata(category='x')\ndef plain(): ...\n",
+    )
+    original = [
         "data.load_dataset",
         "data.load_dataset_batch",
+        "data.other_thing",  # named unlike the file, but marked for the P2P runtime
+        "data.remote_thing",
         "data.wrapper_join",  # imported, but named after the module: the seed's rule counts it
     ]
+    assert _resolved_names(tmp_path) == original
+    assert _resolved_names(tmp_path, "wide") == sorted(
+        [*original, "data.alpha", "data.beta", "data.find_record", "data.plain"]
+    )
 
 
 def test_same_module_name_in_two_categories_and_relative_imports(tmp_path: Path) -> None:
@@ -218,7 +228,15 @@ async def test_importing_a_cached_module_is_no_visible_change(tmp_path: Path) ->
     listing = registry.listing_revision
     assert {spec.name for spec in registry.specs()} == {"data.alpha", "data.beta"}  # from the cache, nothing imported
     await registry.prepare_listing()
-    assert registry.collection_status() == {"modules": 2, "imported": 0, "failed": 0, "cached": 2}
+    assert registry.collection_status() == {
+        "modules": 2,
+        "imported": 0,
+        "failed": 0,
+        "cached": 2,
+        "tools": 2,
+        "unavailable": 0,
+        "clashes": [],
+    }
     await registry.resolve("data.alpha")
     assert registry.local_tool("data.alpha") is not None and registry.listing_revision == listing
     await registry.resolve("data.beta")
@@ -257,17 +275,23 @@ def test_a_cached_module_that_no_longer_imports_fails_under_every_listed_name(
     lib.mkdir()
     (lib / "compat_dep_xyz.py").write_text("VALUE = 1\n")
     monkeypatch.syspath_prepend(str(lib))
-    _module(tmp_path, "data", "multi", "import compat_dep_xyz\n\ndef first(): ...\n\ndef second(): ...\n")
+    _module(tmp_path, "data", "multi", "import compat_dep_xyz\n\ndef multi_first(): ...\n\ndef multi_second(): ...\n")
     warm = ToolCollection(scan_tool_dirs([tmp_path]), host="asyncio", cache=SchemaCache(tmp_path / "c"))
     warm.resolve_all(warm.modules)
-    (lib / "compat_dep_xyz.py").unlink()  # a dependency outside the collection goes away: the cache cannot see it
+    # a dependency outside the collection breaks without a file coming or going: the cache cannot see that
+    (lib / "compat_dep_xyz.py").write_text("raise ImportError('broken since the cache was written')\n")
     monkeypatch.delitem(sys.modules, "compat_dep_xyz")
     for name in [n for n in sys.modules if n.endswith(".data.multi")]:
         monkeypatch.delitem(sys.modules, name)
     again = ToolCollection(scan_tool_dirs([tmp_path]), host="asyncio", cache=SchemaCache(tmp_path / "c"))
     resolution = again.modules[0].resolve()
-    assert resolution.error is not None and sorted(resolution.names) == ["data.first", "data.second"]
+    assert resolution.error is not None and sorted(resolution.names) == ["data.multi_first", "data.multi_second"]
     assert all(t.spec.description.startswith("[UNAVAILABLE: module tools/data/multi.py") for t in resolution.tools)
+    (lib / "compat_dep_xyz.py").unlink()  # a file on sys.path comes or goes (a package installed or removed)
+    assert [
+        m.cached
+        for m in ToolCollection(scan_tool_dirs([tmp_path]), host="asyncio", cache=SchemaCache(tmp_path / "c")).modules
+    ] == [None]
 
 
 @pytest.mark.anyio
@@ -283,3 +307,19 @@ async def test_a_stand_in_yields_to_the_sidecars_tool_of_the_same_name(tmp_path:
     route = registry.route("data.gone")
     assert route is not None and route.is_p2p and registry.local_tool("data.gone") is None
     assert [spec for spec in registry.specs() if spec.name == "data.gone"] == [remote]
+
+
+@pytest.mark.anyio
+async def test_a_p2p_tool_the_connected_sidecar_does_not_serve_is_listed_unavailable(tmp_path: Path) -> None:
+    _module(tmp_path, "data", "p2p_fetch", "def p2p_fetch(url: str) -> dict:\n    return {}\n")
+    registry = ToolRegistry()
+    registry.mount(ToolCollection(scan_tool_dirs([tmp_path]), host="asyncio"))
+    await registry.prepare_listing()
+    (spec,) = [s for s in registry.specs() if s.name == "data.p2p_fetch"]
+    assert spec.metadata.runs_on_p2p and not spec.description  # no sidecar yet: nothing to say
+    registry.replace_remote([])  # a sidecar connected, without that module
+    (spec,) = [s for s in registry.specs() if s.name == "data.p2p_fetch"]
+    assert spec.description.startswith("[UNAVAILABLE: runs on the P2P runtime, and the connected sidecar does not")
+    served = ToolSpec(name="data.p2p_fetch", input_schema={"type": "object"}, metadata=ToolMetadata(runtime="trio"))
+    registry.replace_remote([served])
+    assert [s for s in registry.specs() if s.name == "data.p2p_fetch"] == [served]

@@ -34,7 +34,7 @@ pytestmark = pytest.mark.e2e
 def seed_tasks(data_dir: Path, count: int) -> None:
     """Tasks accepted by an earlier run of the sidecar (written the way it writes them)."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    store = TaskStore(data_dir / "queue.db")
+    store = TaskStore.open(data_dir / "queue.db")
     with store.transaction():
         for n in range(count):
             task = NewTask(
@@ -45,7 +45,6 @@ def seed_tasks(data_dir: Path, count: int) -> None:
                 timeout_s=60.0,
                 policy=RetryPolicy(),
                 idem_key=f"seed-{n}",
-                placement=None,
                 tags=[],
                 metadata={},
                 workflow_id=None,
@@ -168,7 +167,7 @@ def test_a_database_that_is_not_sqlite_or_is_damaged_is_left_untouched(tmp_path:
 
 def test_a_runtime_lock_is_a_clear_refusal_that_changes_nothing(tmp_path: Path) -> None:
     """The store's side of a lock held while running (what task_submit answers 503 for): unit level, fast."""
-    store = TaskStore(tmp_path / "queue.db")
+    store = TaskStore.open(tmp_path / "queue.db")
     store.db.execute("PRAGMA busy_timeout=100")
     other = sqlite3.connect(tmp_path / "queue.db", isolation_level=None)
     other.execute("BEGIN EXCLUSIVE")
@@ -180,7 +179,6 @@ def test_a_runtime_lock_is_a_clear_refusal_that_changes_nothing(tmp_path: Path) 
         timeout_s=60.0,
         policy=RetryPolicy(),
         idem_key=None,
-        placement=None,
         tags=[],
         metadata={},
         workflow_id=None,

@@ -1,8 +1,8 @@
-"""The distribution ops between queue services, over the in-memory PeerRpc (unit tests, virtual time).
+"""The queue's ops between queue services, over the in-memory PeerRpc (unit tests, virtual time).
 
 These prove the protocol logic (hints, claims, heartbeats, batched reports,
-lease loss, restarts) in isolation; the network itself is phase 2's to test
-end to end with real processes.
+lease loss, restarts) in isolation; the real network is tested end to end
+with real processes in test_taskqueue_network*.py.
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ import trio
 import trio.testing
 
 from p2p_sidecar.settings import SidecarSettings
-from p2p_sidecar.taskqueue.distribution import OP_CLAIM, OP_COMPLETE, OP_HEARTBEAT, OP_RELEASE, PeerOpFailed, PeerRpc
 from p2p_sidecar.taskqueue.errors import InvalidRequest
+from p2p_sidecar.taskqueue.protocol import OP_CLAIM, OP_COMPLETE, OP_HEARTBEAT, OP_RELEASE, PeerOpFailed, PeerRpc
 from p2p_sidecar.taskqueue.service import QueueService
+from p2p_sidecar.taskqueue.store import TaskStore
 from p2p_sidecar.taskqueue.worker import WorkerSpec
 from tests.memory_rpc import MemoryNetwork
 
@@ -33,7 +34,10 @@ class Node:
         self.rpc = net.join(name)
         (tmp / name).mkdir(exist_ok=True)
         fields = {"data_dir": tmp / name, "queue_lease_seconds": 3.0, "worker_concurrency": 2, **settings}
-        self.queue = QueueService(SidecarSettings(**fields), rpc=self.rpc, clock=lambda: BASE + trio.current_time())
+        self.store = TaskStore.open(tmp / name / "queue.db")
+        self.queue = QueueService(
+            SidecarSettings(**fields), self.store, rpc=self.rpc, clock=lambda: BASE + trio.current_time()
+        )
         self.scope = trio.CancelScope()
 
     async def start(self, nursery: trio.Nursery) -> Node:
@@ -41,8 +45,22 @@ class Node:
         return self
 
     async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        with self.scope:
-            await self.queue.run(task_status=task_status)
+        try:
+            with self.scope:
+                await self.queue.run(task_status=task_status)
+        finally:
+            self.store.close()
+
+    # the views the tools return, so the assertions read like an agent's
+    def submit(self, **arguments: Any) -> dict[str, Any]:
+        record, _ = self.queue.submit(**arguments)
+        return self.queue.view(record)
+
+    def get(self, task_id: str) -> dict[str, Any]:
+        return self.queue.view(self.queue.get(task_id))
+
+    async def wait(self, task_id: str, timeout: float) -> dict[str, Any]:
+        return self.queue.view(await self.queue.wait(task_id, timeout))
 
     def kill(self) -> None:
         """Gone at once: unreachable, every task cancelled (its releases cannot reach anyone)."""
@@ -75,15 +93,14 @@ def test_remote_placement_runs_on_a_peer_and_records_at_the_owner(tmp_path: Path
         owner = await Node(net, tmp_path, "A", worker_concurrency=0).start(nursery)
         await Node(net, tmp_path, "B").start(nursery)
         assert net.peers["B"].capabilities == {"echo", "fail", "hash", "sleep"}  # no "tool" without an allowlist
-        view, _ = owner.queue.submit(task_type="echo", payload={"x": 1}, metadata={"placement": "remote"})
-        done = await owner.queue.wait(view["task_id"], 10)
+        view = owner.submit(task_type="echo", payload={"x": 1}, metadata={"placement": "remote"})
+        done = await owner.wait(view["task_id"], 10)
         assert done["status"] == "completed" and done["executed_by"] == "B" and done["attempt"] == 1
-        assert owner.queue.get(view["task_id"]) == done
-        row = owner.queue.row(view["task_id"])
-        assert row["result"] == '{"x":1}'
-        named, _ = owner.queue.submit(task_type="echo", payload=2, metadata={"placement": {"peer": "B"}})
-        assert (await owner.queue.wait(named["task_id"], 10))["executed_by"] == "B"
-        assert owner.queue.distribution is not None and owner.queue.distribution.counters["results_from_peers"] == 2
+        assert owner.get(view["task_id"]) == done
+        assert owner.queue.get(view["task_id"]).result_json == '{"x":1}'
+        named = owner.submit(task_type="echo", payload=2, metadata={"placement": {"peer": "B"}})
+        assert (await owner.wait(named["task_id"], 10))["executed_by"] == "B"
+        assert owner.queue.lending is not None and owner.queue.lending.counters["results_from_peers"] == 2
 
     run(test)
 
@@ -93,18 +110,17 @@ def test_work_spreads_by_free_slots_and_capability(tmp_path: Path) -> None:
         owner = await Node(net, tmp_path, "A", worker_concurrency=1).start(nursery)
         await Node(net, tmp_path, "B", worker_task_types=["sleep"], worker_concurrency=3).start(nursery)
         await Node(net, tmp_path, "C", worker_task_types=["echo"], worker_concurrency=3).start(nursery)
-        sleeps = [owner.queue.submit(task_type="sleep", payload={"seconds": 1})[0]["task_id"] for _ in range(12)]
+        sleeps = [owner.submit(task_type="sleep", payload={"seconds": 1})["task_id"] for _ in range(12)]
         echoes = [
-            owner.queue.submit(task_type="echo", payload=i, metadata={"placement": "remote"})[0]["task_id"]
-            for i in range(6)
+            owner.submit(task_type="echo", payload=i, metadata={"placement": "remote"})["task_id"] for i in range(6)
         ]
         ran_on: dict[str, list[str]] = {}
         for task_id in sleeps + echoes:
-            done = await owner.queue.wait(task_id, 60)
+            done = await owner.wait(task_id, 60)
             assert done["status"] == "completed" and done["attempt"] == 1, done
             ran_on.setdefault(done["task_type"], []).append(done["executed_by"])
-        assert set(ran_on["sleep"]) == {"local", "B"}  # C does not run sleep; A's one slot was not enough
-        assert ran_on["sleep"].count("B") > ran_on["sleep"].count("local")  # B has three free slots to A's one
+        assert set(ran_on["sleep"]) == {"A", "B"}  # C does not run sleep; A's one slot was not enough
+        assert ran_on["sleep"].count("B") > ran_on["sleep"].count("A")  # B has three free slots to A's one
         assert set(ran_on["echo"]) == {"C"}
         assert owner.queue.store.counts()["completed"] == 18
 
@@ -115,17 +131,17 @@ def test_a_dead_workers_task_returns_after_its_lease_and_runs_elsewhere(tmp_path
     async def test(net: MemoryNetwork, nursery: trio.Nursery) -> None:
         owner = await Node(net, tmp_path, "A", worker_concurrency=0).start(nursery)
         doomed = await Node(net, tmp_path, "B", worker_concurrency=1).start(nursery)
-        view, _ = owner.queue.submit(task_type="sleep", payload={"seconds": 2}, metadata={"placement": "remote"})
+        view = owner.submit(task_type="sleep", payload={"seconds": 2}, metadata={"placement": "remote"})
         task_id = view["task_id"]
-        await until(lambda: owner.queue.get(task_id)["status"] == "running")
+        await until(lambda: owner.get(task_id)["status"] == "running")
         await Node(net, tmp_path, "C", worker_concurrency=1).start(nursery)
         killed_at = trio.current_time()
         doomed.kill()
-        done = await owner.queue.wait(task_id, 30)
+        done = await owner.wait(task_id, 30)
         assert done["status"] == "completed" and done["executed_by"] == "C"
         assert (done["attempt"], done["failures"]) == (2, 1)
         assert trio.current_time() - killed_at >= 2.0  # not before the lease (3 s from the last heartbeat) ran out
-        lines = [line for _, line in owner.queue.store.log_lines(owner.queue.row(task_id)["seq"])]
+        lines = [line for _, line in owner.queue.store.log_lines(owner.queue.get(task_id).seq)]
         assert any("lease expired" in line and "on B" in line for line in lines), lines
 
     run(test)
@@ -135,12 +151,12 @@ def test_cancelling_a_remote_running_task_stops_it_on_the_peer(tmp_path: Path) -
     async def test(net: MemoryNetwork, nursery: trio.Nursery) -> None:
         owner = await Node(net, tmp_path, "A", worker_concurrency=0).start(nursery)
         peer = await Node(net, tmp_path, "B", worker_concurrency=1, queue_lease_seconds=60.0).start(nursery)
-        view, _ = owner.queue.submit(task_type="sleep", payload={"seconds": 100}, metadata={"placement": "remote"})
+        view = owner.submit(task_type="sleep", payload={"seconds": 100}, metadata={"placement": "remote"})
         await until(lambda: peer.queue.running_here == 1)
-        before, after = owner.queue.cancel(view["task_id"], "not needed")
-        assert before.value == "running" and after["status"] == "cancelled"
+        before = owner.queue.cancel(view["task_id"], "not needed")
+        assert before.status == "running" and owner.get(view["task_id"])["status"] == "cancelled"
         await until(lambda: peer.queue.running_here == 0, timeout=1.0)  # the notice, not a 20 s heartbeat
-        assert peer.queue.workers["local"].stats.completed == 0
+        assert peer.queue.pool.workers["local"].stats.completed == 0
 
     run(test)
 
@@ -149,7 +165,7 @@ def test_ops_refuse_late_duplicate_and_malformed_reports(tmp_path: Path) -> None
     async def test(net: MemoryNetwork, nursery: trio.Nursery) -> None:
         owner = await Node(net, tmp_path, "A", worker_concurrency=0).start(nursery)
         rpc = net.join("B")  # a bare peer speaking the ops by hand
-        view, _ = owner.queue.submit(task_type="echo", payload=1)
+        view = owner.submit(task_type="echo", payload=1)
         claim = {"worker": "w", "boot": "boot-1", "types": ["echo"], "max": 5}
         [lease] = (await rpc.request("A", OP_CLAIM, claim, timeout=1))["tasks"]
         assert lease["task_id"] == view["task_id"] and lease["attempt"] == 1
@@ -159,7 +175,7 @@ def test_ops_refuse_late_duplicate_and_malformed_reports(tmp_path: Path) -> None
         first = await rpc.request("A", OP_COMPLETE, {"reports": [report]}, timeout=1)
         again = await rpc.request("A", OP_COMPLETE, {"reports": [report, {**report, "attempt": 7}]}, timeout=1)
         assert first == {"verdicts": ["recorded"]} and again == {"verdicts": ["duplicate", "rejected"]}
-        assert owner.queue.get(view["task_id"])["status"] == "completed"
+        assert owner.get(view["task_id"])["status"] == "completed"
         assert (await rpc.request("A", OP_RELEASE, {"worker": "w", "leases": [[lease["task_id"], 1]]}, timeout=1)) == {
             "released": 0
         }
@@ -179,13 +195,13 @@ def test_a_restarted_worker_peer_gives_its_old_leases_back_at_once(tmp_path: Pat
     async def test(net: MemoryNetwork, nursery: trio.Nursery) -> None:
         owner = await Node(net, tmp_path, "A", worker_concurrency=0, queue_lease_seconds=600.0).start(nursery)
         rpc = net.join("B")
-        view, _ = owner.queue.submit(task_type="echo", payload=1)
+        view = owner.submit(task_type="echo", payload=1)
         await rpc.request("A", OP_CLAIM, {"worker": "w", "boot": "first-life", "types": ["echo"], "max": 1}, timeout=1)
-        assert owner.queue.get(view["task_id"])["status"] == "running"
+        assert owner.get(view["task_id"])["status"] == "running"
         again = {"worker": "w", "boot": "second-life", "types": ["echo"], "max": 1}
         [lease] = (await rpc.request("A", OP_CLAIM, again, timeout=1))["tasks"]
         assert lease["attempt"] == 2  # re-queued (one failure counted) and claimed again, no 600 s wait
-        assert owner.queue.get(view["task_id"])["failures"] == 1
+        assert owner.get(view["task_id"])["failures"] == 1
 
     run(test)
 
@@ -195,14 +211,14 @@ def test_pause_stops_claims_from_peers_too(tmp_path: Path) -> None:
         owner = await Node(net, tmp_path, "A", worker_concurrency=0).start(nursery)
         await Node(net, tmp_path, "B").start(nursery)
         owner.queue.pause("maintenance")
-        view, _ = owner.queue.submit(task_type="echo", payload=1, metadata={"placement": "remote"})
+        view = owner.submit(task_type="echo", payload=1, metadata={"placement": "remote"})
         await trio.sleep(5)
-        assert owner.queue.get(view["task_id"])["status"] == "queued"
+        assert owner.get(view["task_id"])["status"] == "queued"
         rpc = net.join("probe")
         reply = await rpc.request("A", OP_CLAIM, {"worker": "w", "boot": "b", "types": ["echo"], "max": 1}, timeout=1)
         assert reply["tasks"] == [] and reply["paused"] is True
         owner.queue.resume()
-        assert (await owner.queue.wait(view["task_id"], 10))["executed_by"] == "B"
+        assert (await owner.wait(view["task_id"], 10))["executed_by"] == "B"
 
     run(test)
 
@@ -211,15 +227,15 @@ def test_a_report_survives_a_short_owner_outage(tmp_path: Path) -> None:
     async def test(net: MemoryNetwork, nursery: trio.Nursery) -> None:
         owner = await Node(net, tmp_path, "A", worker_concurrency=0).start(nursery)
         peer = await Node(net, tmp_path, "B", worker_concurrency=1).start(nursery)
-        view, _ = owner.queue.submit(task_type="sleep", payload={"seconds": 1}, metadata={"placement": "remote"})
+        view = owner.submit(task_type="sleep", payload={"seconds": 1}, metadata={"placement": "remote"})
         await until(lambda: peer.queue.running_here == 1)
         owner.kill()
         await trio.sleep(1.5)  # the task ends while its owner is down; the worker keeps retrying its report
         await trio.sleep(0)
         restarted = await Node(net, tmp_path, "A", worker_concurrency=0).start(nursery)
-        done = await restarted.queue.wait(view["task_id"], 10)
+        done = await restarted.wait(view["task_id"], 10)
         assert done["status"] == "completed" and done["executed_by"] == "B" and done["attempt"] == 1
-        assert peer.queue.workers["local"].stats.completed == 1
+        assert peer.queue.pool.workers["local"].stats.completed == 1
 
     run(test)
 
@@ -228,12 +244,12 @@ def test_placement_needs_a_network_and_unknown_types_are_refused(tmp_path: Path)
     async def test(net: MemoryNetwork, nursery: trio.Nursery) -> None:
         owner = await Node(net, tmp_path, "A", worker_task_types=["echo"]).start(nursery)
         with pytest.raises(InvalidRequest, match="unknown task_type 'hash'"):
-            owner.queue.submit(task_type="hash", payload={"data": "x"})
+            owner.submit(task_type="hash", payload={"data": "x"})
         await Node(net, tmp_path, "B", worker_task_types=["hash"]).start(nursery)
-        view, _ = owner.queue.submit(task_type="hash", payload={"data": "x"})  # a peer advertises it now
-        assert (await owner.queue.wait(view["task_id"], 10))["executed_by"] == "B"
-        mine, _ = owner.queue.submit(task_type="echo", payload=1, metadata={"placement": {"peer": "A"}})
-        assert (await owner.queue.wait(mine["task_id"], 10))["executed_by"] == "local"
+        view = owner.submit(task_type="hash", payload={"data": "x"})  # a peer advertises it now
+        assert (await owner.wait(view["task_id"], 10))["executed_by"] == "B"
+        mine = owner.submit(task_type="echo", payload=1, metadata={"placement": {"peer": "A"}})
+        assert (await owner.wait(mine["task_id"], 10))["executed_by"] == "A"  # this node, by its peer id
 
     run(test)
 
@@ -242,17 +258,37 @@ def test_unregistering_a_worker_hands_its_remote_tasks_back_uncounted(tmp_path: 
     async def test(net: MemoryNetwork, nursery: trio.Nursery) -> None:
         owner = await Node(net, tmp_path, "A", worker_concurrency=0).start(nursery)
         peer = await Node(net, tmp_path, "B", worker_concurrency=1).start(nursery)
-        quick, _ = owner.queue.submit(task_type="sleep", payload={"seconds": 1}, metadata={"placement": "remote"})
+        quick = owner.submit(task_type="sleep", payload={"seconds": 1}, metadata={"placement": "remote"})
         await until(lambda: peer.queue.running_here == 1)
         graceful = await peer.queue.remove_worker("local", graceful=True, timeout=10)
         assert graceful == {"running_at_request": 1, "finished": 1, "released": 0}
-        assert owner.queue.get(quick["task_id"])["status"] == "completed"  # reported before the worker went
+        assert owner.get(quick["task_id"])["status"] == "completed"  # reported before the worker went
         await peer.queue.add_worker(WorkerSpec("again", ("sleep",), 1))
-        slow, _ = owner.queue.submit(task_type="sleep", payload={"seconds": 100}, metadata={"placement": "remote"})
+        slow = owner.submit(task_type="sleep", payload={"seconds": 100}, metadata={"placement": "remote"})
         await until(lambda: peer.queue.running_here == 1)
         abrupt = await peer.queue.remove_worker("again", graceful=False, timeout=0)
         assert abrupt["released"] == 1
-        view = owner.queue.get(slow["task_id"])
+        view = owner.get(slow["task_id"])
         assert (view["status"], view["attempt"], view["failures"]) == ("queued", 1, 0)
+
+    run(test)
+
+
+def test_a_claim_asked_again_gets_the_same_leases(tmp_path: Path) -> None:
+    """A worker whose claim answer was lost sends the same claim again: the same leases, not new ones."""
+
+    async def test(net: MemoryNetwork, nursery: trio.Nursery) -> None:
+        owner = await Node(net, tmp_path, "A", worker_concurrency=0, queue_lease_seconds=600.0).start(nursery)
+        rpc = net.join("B")
+        first = [owner.submit(task_type="echo", payload=n)["task_id"] for n in range(3)]
+        claim = {"worker": "w", "boot": "b1", "types": ["echo"], "max": 2, "claim_id": "c-1"}
+        answered = (await rpc.request("A", OP_CLAIM, claim, timeout=1))["tasks"]
+        again = (await rpc.request("A", OP_CLAIM, claim, timeout=1))["tasks"]
+        assert [lease["task_id"] for lease in again] == [lease["task_id"] for lease in answered] == first[:2]
+        assert [lease["attempt"] for lease in again] == [1, 1]
+        assert owner.queue.lending is not None and owner.queue.lending.counters["claims_answered_again"] == 1
+        fresh = (await rpc.request("A", OP_CLAIM, {**claim, "claim_id": "c-2"}, timeout=1))["tasks"]
+        assert [lease["task_id"] for lease in fresh] == first[2:]
+        assert owner.get(first[2])["status"] == "running"
 
     run(test)

@@ -113,8 +113,8 @@ def test_500_hash_tasks_run_across_all_three_nodes(net: dict[str, Peer]) -> None
             "iterations": ITERATIONS,
         }
         executed_by[answer["executed_by"]] = executed_by.get(answer["executed_by"], 0) + 1
-    # a's record says who ran each task: a itself ("local") and both peers took a share
-    assert set(executed_by) == {"local", b.peer_id, c.peer_id}, executed_by
+    # a's record says who ran each task, by peer id: a itself and both peers took a share
+    assert set(executed_by) == {a.peer_id, b.peer_id, c.peer_id}, executed_by
     assert all(count >= 5 for count in executed_by.values()), executed_by
     stats = call(url(a), "queue_stats")
     assert stats["counts"]["completed"] == counts_before["completed"] + 500
@@ -122,7 +122,7 @@ def test_500_hash_tasks_run_across_all_three_nodes(net: dict[str, Peer]) -> None
     # each node's workers report what they ran: every task was executed exactly once, nothing was refused
     after = {peer.name: worker_metrics(peer) for peer in (a, b, c)}
     ran = {name: after[name]["completed"] - before[name]["completed"] for name in after}
-    assert ran == {"a": executed_by["local"], "b": executed_by[b.peer_id], "c": executed_by[c.peer_id]}
+    assert ran == {"a": executed_by[a.peer_id], "b": executed_by[b.peer_id], "c": executed_by[c.peer_id]}
     assert all(after[name]["discarded"] == before[name]["discarded"] for name in after)
     # the peers own none of it: their own queues are untouched
     for peer in (b, c):

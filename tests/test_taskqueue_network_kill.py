@@ -126,7 +126,7 @@ def test_200_tasks_survive_kill9_of_the_submitting_sidecar_while_peers_run_some(
     def peers_running() -> set[str]:
         listing = call(url(a), "task_list", status_filter="running", limit=100)
         completed = listing["counts"]["completed"]
-        peers = {task["executed_by"] for task in listing["tasks"]} - {"local"}
+        peers = {task["executed_by"] for task in listing["tasks"]} - {a.peer_id}
         return peers if completed >= 20 and peers else set()
 
     assert wait_for(peers_running, 30, 0.05, what="peers running a's tasks") <= {b.peer_id, c.peer_id}

@@ -19,8 +19,8 @@ from p2p_sidecar.node.metrics import NodeMetrics
 from p2p_sidecar.node.peers import PeerState
 from p2p_sidecar.node.rpc_server import RpcContext
 from p2p_sidecar.settings import SidecarSettings
-from p2p_sidecar.taskqueue.distribution import BadRequest, PeerOpFailed, PeerRpc, PeerUnreachable, batch_budget
 from p2p_sidecar.taskqueue.peer_rpc import NodePeerRpc
+from p2p_sidecar.taskqueue.protocol import BadRequest, PeerOpFailed, PeerRpc, PeerUnreachable, batch_budget
 from shared_schema import BridgeError, ErrorCode
 
 P1 = "12D3KooWBE2ucXFS2cfStcm8tNA3PqaHCw1wchf3US3k8kUoVGWg"

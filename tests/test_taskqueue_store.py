@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from p2p_sidecar.errors import StartupError
 from p2p_sidecar.taskqueue.errors import Conflict, NotFound
 from p2p_sidecar.taskqueue.model import IllegalTransition, RetryPolicy, TaskStatus
-from p2p_sidecar.taskqueue.records import Ended, NewTask, Report
-from p2p_sidecar.taskqueue.store import StoreStartupError, TaskStore
+from p2p_sidecar.taskqueue.records import Ended, NewTask, Placement, PlacementKind, Progress, Report
+from p2p_sidecar.taskqueue.store import TaskStore
 
 NOW = 1_000_000.0
 
@@ -35,7 +36,8 @@ def ended() -> list[Ended]:
 
 @pytest.fixture
 def store(tmp_path: Path, ended: list[Ended]) -> TaskStore:
-    opened = TaskStore(tmp_path / "queue.db", max_result_bytes=200, on_ended=ended.extend)
+    opened = TaskStore.open(tmp_path / "queue.db", max_result_bytes=200)
+    opened.on_ended = ended.extend
     yield opened
     opened.close()
 
@@ -44,11 +46,20 @@ def claim(store: TaskStore, n: int = 10, *, peer: str | None = None, boot: str =
     return store.claim(types=["echo"], limit=n, worker="w", peer=peer, boot=boot, lease_s=10.0, now=now)
 
 
-def counts_match_the_table(store: TaskStore) -> None:
+def counts_match_the_table(store: TaskStore, now: float = NOW) -> None:
+    """The in-memory counts (per status, claimable per type and placement, leases per peer) match the table."""
     actual = {status.value: 0 for status in TaskStatus}
     for status, count in store.db.execute("SELECT status, COUNT(*) FROM tasks GROUP BY status"):
         actual[status] = count
     assert store.counts() == actual
+    store.advance_backoffs(now)
+    claimable = {}
+    sql = "SELECT task_type, placement, COUNT(*) FROM tasks WHERE status = 'queued' AND not_before <= ? GROUP BY 1, 2"
+    for task_type, placement, count in store.db.execute(sql, (now,)):
+        claimable[(task_type, Placement.from_column(placement))] = count
+    assert store.claimable() == claimable
+    for peer, count in store.db.execute("SELECT worker_peer, COUNT(*) FROM tasks WHERE status = 'running' GROUP BY 1"):
+        assert store.leases_held_by(peer) == count
 
 
 def test_claims_highest_priority_first_then_oldest(store: TaskStore) -> None:
@@ -64,9 +75,15 @@ def test_claims_highest_priority_first_then_oldest(store: TaskStore) -> None:
 
 def test_claim_respects_types_placement_and_backoff(store: TaskStore) -> None:
     store.insert(new("other", task_type="hash"), NOW)
-    store.insert(new("remote-only", placement="remote"), NOW)
-    store.insert(new("for-p2", placement="peer:p2"), NOW)
-    store.insert(new("local-only", placement="local"), NOW)
+    store.insert(new("remote-only", placement=Placement(PlacementKind.REMOTE)), NOW)
+    store.insert(new("for-p2", placement=Placement(PlacementKind.PEER, "p2")), NOW)
+    store.insert(new("local-only", placement=Placement(PlacementKind.LOCAL)), NOW)
+    assert store.claimable() == {
+        ("hash", Placement()): 1,
+        ("echo", Placement(PlacementKind.REMOTE)): 1,
+        ("echo", Placement(PlacementKind.PEER, "p2")): 1,
+        ("echo", Placement(PlacementKind.LOCAL)): 1,
+    }
     assert [lease.task_id for lease in claim(store)] == ["local-only"]
     assert [lease.task_id for lease in claim(store, peer="p1")] == ["remote-only"]
     assert [lease.task_id for lease in claim(store, peer="p2")] == ["for-p2"]
@@ -74,6 +91,7 @@ def test_claim_respects_types_placement_and_backoff(store: TaskStore) -> None:
     assert store.claim(types=["hash"], limit=5, worker="w", peer=None, boot="b", lease_s=1, now=NOW) == []
     later = store.claim(types=["hash"], limit=5, worker="w", peer=None, boot="b", lease_s=1, now=NOW + 6)
     assert [lease.task_id for lease in later] == ["other"]
+    counts_match_the_table(store, NOW + 6)
 
 
 def test_a_claim_that_travels_is_bounded_in_bytes(store: TaskStore) -> None:
@@ -103,9 +121,9 @@ def test_exactly_one_recorded_result(store: TaskStore, ended: list[Ended]) -> No
     assert store.finish([other], peer=None, now=NOW + 3) == ["duplicate"]
     failure = Report("t", lease.attempt, ok=False, message="late failure")
     assert store.finish([failure], peer=None, now=NOW + 4) == ["duplicate"]
-    row = store.get("t")
-    assert row["status"] == "completed" and json.loads(row["result"]) == {"v": 1}
-    assert row["finished_at"] == NOW + 1
+    record = store.get("t")
+    assert record is not None and record.status is TaskStatus.COMPLETED and record.result() == {"v": 1}
+    assert record.finished_at == NOW + 1
     assert ended == [Ended("t", TaskStatus.COMPLETED, None)]
     counts_match_the_table(store)
 
@@ -114,14 +132,14 @@ def test_late_report_of_an_expired_lease_is_rejected(store: TaskStore) -> None:
     store.insert(new("t"), NOW)
     [first] = claim(store, now=NOW)
     assert store.expire_leases(NOW + 11) == 1  # the worker went silent
-    row = store.get("t")
-    assert row["status"] == "queued" and row["failures"] == 1 and row["not_before"] == NOW + 11
+    record = store.require("t")
+    assert record.status is TaskStatus.QUEUED and record.failures == 1 and record.not_before == NOW + 11
     [second] = claim(store, now=NOW + 12)
     assert second.attempt == first.attempt + 1
     late = Report("t", first.attempt, ok=True, result="from the presumed-dead worker")
     assert store.finish([late], peer=None, now=NOW + 13) == ["rejected"]
     assert store.finish([Report("t", second.attempt, ok=True, result="ok")], peer=None, now=NOW + 14) == ["recorded"]
-    assert json.loads(store.get("t")["result"]) == "ok"
+    assert store.require("t").result() == "ok"
 
 
 def test_reports_from_someone_elses_lease_are_rejected(store: TaskStore) -> None:
@@ -137,15 +155,17 @@ def test_failures_retry_with_backoff_then_fail(store: TaskStore, ended: list[End
     store.insert(new("t"), NOW)
     [lease] = claim(store)
     assert store.finish([Report("t", lease.attempt, ok=False, message="e1")], peer=None, now=NOW) == ["recorded"]
-    row = store.get("t")
-    assert (row["status"], row["failures"], row["not_before"]) == ("queued", 1, NOW + 5.0)
+    record = store.require("t")
+    assert (record.status, record.failures, record.not_before) == ("queued", 1, NOW + 5.0)
+    counts_match_the_table(store, NOW + 1)  # waiting out its backoff: not claimable yet
+    assert store.claimable() == {}
     assert claim(store, now=NOW + 4.9) == []
     [lease] = claim(store, now=NOW + 5.0)
     store.finish([Report("t", lease.attempt, ok=False, message="e2", code="boom")], peer=None, now=NOW + 6)
-    row = store.get("t")
-    assert row["status"] == "failed" and json.loads(row["error"])["code"] == "boom"
+    record = store.require("t")
+    assert record.status is TaskStatus.FAILED and record.error is not None and record.error["code"] == "boom"
     assert ended == [Ended("t", TaskStatus.FAILED, None)]
-    lines = [line for _, line in store.log_lines(row["seq"])]
+    lines = [line for _, line in store.log_lines(record.seq)]
     assert "retry 1 of 1" in lines[0] and "2 of 2 attempts failed" in lines[1]
     counts_match_the_table(store)
 
@@ -154,9 +174,9 @@ def test_result_over_the_limit_fails_the_task_without_retry(store: TaskStore) ->
     store.insert(new("t"), NOW)
     [lease] = claim(store)
     store.finish([Report("t", lease.attempt, ok=True, result="x" * 500)], peer=None, now=NOW)
-    row = store.get("t")
-    error = json.loads(row["error"])
-    assert row["status"] == "failed" and row["result"] is None
+    record = store.require("t")
+    error = record.error or {}
+    assert record.status is TaskStatus.FAILED and record.result_json is None
     assert error["code"] == "too_large" and "SIDECAR_TASK_MAX_RESULT_BYTES" in error["message"]
 
 
@@ -174,16 +194,16 @@ def test_heartbeats_extend_leases_and_report_cancellation(store: TaskStore) -> N
 
 def test_cancel_retry_and_priority_follow_the_model(store: TaskStore) -> None:
     store.insert(new("t"), NOW)
-    before, _ = store.cancel("t", "no", NOW)
-    assert before is TaskStatus.QUEUED and store.get("t")["status"] == "cancelled"
+    before = store.cancel("t", "no", NOW)
+    assert before.status is TaskStatus.QUEUED and store.require("t").status is TaskStatus.CANCELLED
     with pytest.raises(IllegalTransition):
         store.cancel("t", "again", NOW)
     with pytest.raises(IllegalTransition):
         store.set_priority("t", 9, NOW)
     store.retry("t", RetryPolicy(max_attempts=9), NOW)
-    row = store.get("t")
-    assert row["status"] == "queued" and json.loads(row["retry_policy"])["max_attempts"] == 9
-    assert store.set_priority("t", 7.5, NOW)["priority"] == 7.5
+    record = store.require("t")
+    assert record.status is TaskStatus.QUEUED and record.policy.max_attempts == 9
+    assert store.set_priority("t", 7.5, NOW).priority == 7.5
     with pytest.raises(IllegalTransition):
         store.retry("t", None, NOW)
     with pytest.raises(NotFound):
@@ -194,7 +214,7 @@ def test_cancel_retry_and_priority_follow_the_model(store: TaskStore) -> None:
 def test_idempotency_key_returns_the_existing_task(store: TaskStore) -> None:
     _, created = store.insert(new("t1", idem_key="k"), NOW)
     again, created_again = store.insert(new("t2", idem_key="k"), NOW)
-    assert created and not created_again and again["task_id"] == "t1"
+    assert created and not created_again and again.task_id == "t1"
     with pytest.raises(Conflict):
         store.insert(new("t1", idem_key="other"), NOW)
     assert store.counts()["queued"] == 1
@@ -204,8 +224,8 @@ def test_release_requeues_without_counting_a_failure(store: TaskStore) -> None:
     store.insert(new("t"), NOW)
     [lease] = claim(store)
     assert store.release([("t", lease.attempt)], peer=None, now=NOW, why="shutting down") == 1
-    row = store.get("t")
-    assert (row["status"], row["failures"], row["attempt"]) == ("queued", 0, 1)
+    record = store.require("t")
+    assert (record.status, record.failures, record.attempt) == ("queued", 0, 1)
     assert store.release([("t", lease.attempt)], peer=None, now=NOW, why="again") == 0
     [again] = claim(store)
     assert again.attempt == 2
@@ -218,8 +238,8 @@ def test_restart_recovery_takes_back_only_older_boots(store: TaskStore) -> None:
     claim(store, 1, boot="new")
     claim(store, 1, peer="p1", boot="p1-old")
     assert store.lose_leases_of(None, boot_not="new", now=NOW, why="restarted") == 1
-    assert store.get("a")["status"] == "queued" and store.get("a")["not_before"] == NOW  # at once, no backoff
-    assert store.get("b")["status"] == "running"
+    assert store.require("a").status is TaskStatus.QUEUED and store.require("a").not_before == NOW  # no backoff
+    assert store.require("b").status is TaskStatus.RUNNING
     assert store.lose_leases_of("p1", boot_not="p1-old", now=NOW, why="x") == 0
     assert store.lose_leases_of("p1", boot_not="p1-new", now=NOW, why="x") == 1
     counts_match_the_table(store)
@@ -239,30 +259,69 @@ def test_clear_cancels_queued_and_deletes_finished(store: TaskStore, ended: list
 
 def test_survives_reopen_and_rolls_back_cleanly(tmp_path: Path) -> None:
     path = tmp_path / "queue.db"
-    first = TaskStore(path)
+    first = TaskStore.open(path)
     first.insert(new("t"), NOW)
     with pytest.raises(RuntimeError), first.transaction():
         first.insert(new("u"), NOW)
         raise RuntimeError("abort")
     assert first.counts()["queued"] == 1
     first.close()
-    second = TaskStore(path)
+    second = TaskStore.open(path)
     assert second.counts()["queued"] == 1 and second.get("u") is None
     assert second.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     second.close()
 
 
 def test_one_process_per_database(store: TaskStore, tmp_path: Path) -> None:
-    with pytest.raises(StoreStartupError, match="another sidecar"):
-        TaskStore(tmp_path / "queue.db")
+    with pytest.raises(StartupError, match="another sidecar"):
+        TaskStore.open(tmp_path / "queue.db")
 
 
 def test_refuses_a_database_of_another_schema(tmp_path: Path) -> None:
     path = tmp_path / "queue.db"
-    TaskStore(path).close()
+    TaskStore.open(path).close()
     db = sqlite3.connect(path)
     db.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
     db.commit()
     db.close()
-    with pytest.raises(StoreStartupError, match="schema version 99"):
-        TaskStore(path)
+    with pytest.raises(StartupError, match="schema version 99"):
+        TaskStore.open(path)
+
+
+def test_a_version_1_database_is_migrated_and_keeps_its_tasks(tmp_path: Path) -> None:
+    """A database written before executors could report progress opens, gains the column, keeps every task."""
+    path = tmp_path / "queue.db"
+    TaskStore.open(path).close()
+    db = sqlite3.connect(path)
+    db.execute("ALTER TABLE tasks DROP COLUMN progress")
+    db.execute("DROP TABLE workflow_steps")
+    db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    db.execute(
+        "INSERT INTO tasks (task_id, task_type, payload, priority, status, retry_policy, timeout_s, created_at) "
+        "VALUES ('old', 'echo', '{}', 1, 'queued', ?, 60, ?)",
+        (json.dumps(RetryPolicy().to_dict()), NOW),
+    )
+    db.commit()
+    db.close()
+    store = TaskStore.open(path)
+    assert store.get_meta("schema_version") == "2"
+    assert store.counts()["queued"] == 1 and store.claimable() == {("echo", Placement()): 1}
+    [lease] = claim(store)
+    assert store.record_progress([("old", lease.attempt, Progress("half", 1, 2, NOW))], peer=None) == 1
+    assert store.require("old").progress == Progress("half", 1.0, 2.0, NOW)
+    assert store.query("SELECT COUNT(*) FROM workflow_steps")[0][0] == 0
+    store.close()
+
+
+def test_progress_is_stored_only_for_the_lease_holder(store: TaskStore) -> None:
+    store.insert(new("t"), NOW)
+    [lease] = claim(store, peer="p1")
+    half = Progress("resizing", 5, 10, NOW)
+    assert store.record_progress([("t", lease.attempt, half)], peer="p2") == 0
+    assert store.record_progress([("t", lease.attempt + 1, half)], peer="p1") == 0
+    assert store.record_progress([("t", lease.attempt, half)], peer="p1") == 1
+    assert store.require("t").progress == half
+    store.expire_leases(NOW + 11)
+    [again] = claim(store, now=NOW + 12)
+    assert store.require("t").progress is None  # a new attempt starts without the old one's progress
+    assert again.attempt == 2

@@ -144,3 +144,21 @@ def test_stored_form_round_trips() -> None:
     graph = parse(DIAMOND)
     rebuilt = dag.dag_from_stored((s.step_id, s.to_spec(), list(s.depends_on)) for s in graph.steps.values())
     assert rebuilt == graph
+
+
+def test_the_largest_workflows_are_checked_without_recursion() -> None:
+    """MAX_STEPS steps in a chain listed backwards, or in one cycle: a clear answer either way, in any order."""
+    chain = [
+        {"step_id": f"s{index}", "task_type": "echo", "depends_on": [f"s{index + 1}"] if index < 999 else []}
+        for index in range(1000)
+    ]
+    parsed = parse(chain)
+    assert dag.topological_order(parsed.steps)[:2] == ["s999", "s998"] and len(parsed.levels()) == 1000
+    ring = [
+        {"step_id": f"s{index}", "task_type": "echo", "depends_on": [f"s{(index + 1) % 1000}"]} for index in range(1000)
+    ]
+    with pytest.raises(DagError, match=r"workflow has a cycle: s\d+ -> s\d+") as refused:
+        parse(ring)
+    assert len(str(refused.value)) < 10_000 and str(refused.value).count("->") == 1000
+    with pytest.raises(DagError, match="at most 1000 steps"):
+        parse([*chain, {"step_id": "one-more", "task_type": "echo"}])

@@ -58,7 +58,8 @@ def test_a_diamond_whose_steps_feed_each_other(url: str) -> None:
         url, "workflow_status", workflow_id=submitted["workflow_id"], include_steps=True, include_metrics=True
     )
     assert [step["status"] for step in status["steps"]] == ["completed"] * 4
-    assert status["metrics"]["parallel_levels"] == 3 and status["metrics"]["executed_on"] == ["local"]
+    node = call(url, "queue_stats")["node"]  # executed_by names this node by its peer id
+    assert status["metrics"]["parallel_levels"] == 3 and status["metrics"]["executed_on"] == [node]
     tasks = {step["step_id"]: call(url, "task_status", task_id=step["task_id"]) for step in status["steps"]}
     # B and C were queued together, as soon as A was done: independent branches run in parallel
     assert tasks["B"]["created_at"] == pytest.approx(tasks["C"]["created_at"], abs=0.05)
@@ -155,3 +156,18 @@ def test_cancelling_a_workflow_cancels_its_running_and_queued_steps(url: str) ->
     assert call(url, "workflow_cancel", workflow_id=wid)["cancelled"] is False
     assert refused(url, "workflow_status", workflow_id="nope")[0] == 404
     assert call(url, "workflow_list", peer_filter="local", limit=1)["count"] == 1
+
+
+def test_a_workflow_of_the_largest_size_runs_and_a_cycle_of_it_is_refused(url: str) -> None:
+    """1000 steps, listed last step first: accepted and run in order; the same steps in a ring: a clear refusal."""
+    chain = [
+        {"step_id": f"s{index}", "task_type": "echo", "payload": {"n": index}, "depends_on": [f"s{index + 1}"]}
+        for index in range(999)
+    ] + [{"step_id": "s999", "task_type": "echo", "payload": {"n": 999}}]
+    submitted = call(url, "workflow_submit", name="long chain", steps=chain)
+    assert submitted["created"] and submitted["steps_total"] == 1000
+    result = finished(url, submitted["workflow_id"], timeout=120)
+    assert result["status"] == "completed" and result["final_steps"] == ["s0"] and result["output"] == {"n": 0}
+    ring = [{**step, "depends_on": [f"s{(index + 1) % 1000}"]} for index, step in enumerate(chain)]
+    status, error = refused(url, "workflow_submit", name="ring", steps=ring)
+    assert status == 422 and error["message"].startswith("workflow has a cycle: s"), error

@@ -12,11 +12,13 @@ collection (the schema cache spares all of these imports where it can).
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 from gateway.registry import ToolRegistry
 from gateway.router import RuntimeRouter
 from shared_schema import BridgeError, ToolMetadata, ToolSpec
+from shared_schema.function_tool import note_ignored_arguments
 
 
 def _short_name(spec: ToolSpec) -> str:
@@ -34,6 +36,12 @@ def _find(registry: ToolRegistry, category: str, tool: str) -> ToolSpec | None:
 async def _resolve(registry: ToolRegistry, category: str, tool: str) -> None:
     await registry.resolve(f"{category}.{tool}")
     await registry.resolve(tool)
+
+
+def _taken(params: dict[str, Any], accepted: Collection[str]) -> dict[str, Any]:
+    """The parameters a tool takes; the others are dropped, as the seed's dispatch did, and noted for the caller."""
+    note_ignored_arguments([key for key in params if key not in accepted])
+    return {key: value for key, value in params.items() if key in accepted}
 
 
 def _summary(description: str) -> str:
@@ -98,10 +106,9 @@ def register_meta_tools(registry: ToolRegistry, router: RuntimeRouter) -> None:
         local = registry.local_tool(spec.name)
         if local is not None:  # the function itself is here: filter by its signature, as the seed did
             if not local.signature.accepts_extra:
-                params = {key: value for key, value in params.items() if key in local.signature.parameter_names}
+                params = _taken(params, local.signature.parameter_names)
         elif spec.input_schema.get("additionalProperties") is not True:
-            accepted = set(spec.input_schema.get("properties", {}))
-            params = {key: value for key, value in params.items() if key in accepted}
+            params = _taken(params, set(spec.input_schema.get("properties", {})))
         try:
             result = await router.call(spec.name, params)
         except BridgeError as exc:

@@ -42,6 +42,7 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 
 from p2p_sidecar import __version__
+from p2p_sidecar.errors import StartupError
 from p2p_sidecar.node import identity, libp2p_host, peer_exchange
 from p2p_sidecar.node.addresses import PeerAddr, parse_bootstrap_entry, parse_multiaddr, parse_peer_list
 from p2p_sidecar.node.budget import PartialFrameBudget
@@ -79,8 +80,8 @@ HELLO_GRACE = 2.0
 GatewayCall = Callable[[str, dict[str, Any], float], Awaitable[Any]]
 
 
-class NodeStartupError(RuntimeError):
-    """The node cannot start (key, listen address, bootstrap file); the message says which and why."""
+NodeStartupError = StartupError
+"""The node cannot start (key, listen address, bootstrap file); the message says which and why."""
 
 
 class Node:

@@ -1,8 +1,10 @@
-"""The task queue's exception root, and how each one reads at the bridge.
+"""The task queue's exceptions, and how each one reads at the bridge.
 
 Everything the queue refuses is a ``QueueError`` carrying the ``ErrorCode`` a
 caller sees; the tool layer (``tools.py``) is the one boundary that turns them
-into ``BridgeError``.  Executors signal their own failures with ``TaskFailed``,
+into ``BridgeError``.  ``SourceUnavailable`` is what a worker meets when the
+queue it pulls from cannot answer now (a peer gone, a disk full): it retries,
+whatever the cause.  Executors signal their own failures with ``TaskFailed``,
 which is not an error of the queue: it becomes a failed attempt.
 """
 
@@ -10,10 +12,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from p2p_sidecar.errors import SidecarError
 from shared_schema import BridgeError, ErrorCode
 
 
-class QueueError(Exception):
+class QueueError(SidecarError):
     """Root of every refusal by the task queue or the workflow engine."""
 
     code: ErrorCode = ErrorCode.INVALID_ARGUMENTS
@@ -59,6 +62,15 @@ class NoNetwork(QueueError):
     """A placement that needs other peers, on a node without a P2P network."""
 
     code = ErrorCode.UNAVAILABLE
+
+
+class SourceUnavailable(SidecarError):
+    """The queue a worker pulls from cannot answer right now (a peer unreachable, its database refusing writes).
+
+    The worker treats every cause alike: it keeps its attempt, and retries the
+    claim, heartbeat or report later; the lease rules decide what happens if it
+    never gets through.
+    """
 
 
 class TaskFailed(Exception):

@@ -40,21 +40,41 @@ ENTRY_POINT_GROUP = "mcp_p2p.task_executors"
 THREAD_THRESHOLD_BYTES = 64 * 1024
 """Hashing more than this (payload size x iterations) happens in a worker thread."""
 
-GatewayCaller = Callable[..., Awaitable[Any]]
-"""``BridgeServer.call_gateway(tool, arguments, *, timeout)``."""
+ToolCaller = Callable[..., Awaitable[Any]]
+"""``call(tool, arguments, *, timeout)``: ``BridgeServer.call_gateway``, or a sidecar tool's call."""
+ProgressReporter = Callable[..., None]
+"""``report_progress(message=None, done=None, total=None)``."""
+
+
+class LocalTools(Protocol):
+    """This sidecar's own (P2P) tools, as a ``tool`` task may call them."""
+
+    def has(self, name: str) -> bool: ...
+
+    async def call(self, name: str, arguments: dict[str, Any], *, timeout: float) -> Any: ...
+
+
+def _no_progress(message: str | None = None, done: float | None = None, total: float | None = None) -> None:
+    return None
 
 
 @dataclass(frozen=True)
 class TaskContext:
-    """What an executor may know about the attempt it runs."""
+    """What an executor may know about the attempt it runs, and what it may call."""
 
     task_id: str
     task_type: str
     attempt: int
     owner: str | None
     """Peer id of the node that owns the task; None when it is this node."""
-    call_gateway: GatewayCaller | None = None
+    call_gateway: ToolCaller | None = None
+    local_tools: LocalTools | None = None
     remote_tools_allow: frozenset[str] = field(default_factory=frozenset)
+    report_progress: ProgressReporter = _no_progress
+    """Tell the task's owner how far this attempt got: ``report_progress("resizing", done=3, total=10)``.
+
+    Shown as the task's ``progress`` wherever it is read; cheap to call often (changes travel at most
+    every 0.2 s, and with the lease heartbeats)."""
 
     def remaining(self) -> float:
         """Seconds left before this attempt's timeout (the enclosing cancel scope's deadline)."""
@@ -93,9 +113,17 @@ def _check_sleep(payload: Any) -> None:
 
 @with_validator(_check_sleep)
 async def run_sleep(payload: Any, context: TaskContext) -> Any:
-    """Sleeps ``payload.seconds`` (0-86400) and returns ``payload.result`` if given: a stand-in for slow work."""
+    """Sleeps ``payload.seconds`` (0-86400) and returns ``payload.result`` if given: a stand-in for slow work.
+
+    Reports its progress (seconds slept of the total) about once a second, as a long executor should.
+    """
     _check_sleep(payload)
-    await trio.sleep(float(payload["seconds"]))
+    total = float(payload["seconds"])
+    deadline = trio.current_time() + total
+    while (left := deadline - trio.current_time()) > 0:
+        if total >= 1.0:
+            context.report_progress("sleeping", done=round(total - left, 3), total=total)
+        await trio.sleep(min(left, 1.0))
     return {"slept_s": payload["seconds"], "result": payload.get("result")}
 
 
@@ -152,17 +180,19 @@ async def run_hash(payload: Any, context: TaskContext) -> Any:
 def _check_tool(payload: Any) -> None:
     body = _object(payload, "tool")
     if not isinstance(body.get("tool"), str) or not body["tool"]:
-        raise InvalidRequest("a tool task needs payload.tool, the name of a gateway tool")
+        raise InvalidRequest("a tool task needs payload.tool, the name of a gateway or sidecar tool")
     if not isinstance(body.get("arguments", {}), dict):
         raise InvalidRequest("payload.arguments must be an object")
 
 
 @with_validator(_check_tool)
 async def run_tool(payload: Any, context: TaskContext) -> Any:
-    """Runs ``payload.tool`` with ``payload.arguments`` on the executing node's gateway, through its bridge.
+    """Runs ``payload.tool`` with ``payload.arguments`` on the executing node: one of its sidecar's own tools
+    (``p2p_remote_call_tool``, a mounted P2P tool) if it has one of that name, else its gateway's, through
+    the bridge.
 
-    Every local tool of a gateway thereby becomes a distributable task.  For a
-    task owned by another peer, the tool must be in ``SIDECAR_REMOTE_TOOLS_ALLOW``.
+    Every tool thereby becomes a distributable task.  For a task owned by
+    another peer, the tool must be in ``SIDECAR_REMOTE_TOOLS_ALLOW``.
     """
     try:
         _check_tool(payload)
@@ -170,15 +200,19 @@ async def run_tool(payload: Any, context: TaskContext) -> Any:
         raise TaskFailed(exc.message, retryable=False, code="invalid_payload") from None
     tool = payload["tool"]
     if context.owner is not None and tool not in context.remote_tools_allow:
-        message = f"gateway tool {tool!r} is not in this node's SIDECAR_REMOTE_TOOLS_ALLOW"
+        message = f"tool {tool!r} is not in this node's SIDECAR_REMOTE_TOOLS_ALLOW"
         raise TaskFailed(message, retryable=False, code="forbidden")
-    if context.call_gateway is None:
-        raise TaskFailed("this sidecar has no bridge to a gateway", code="unavailable")
+    arguments = payload.get("arguments", {})
+    timeout = max(0.1, context.remaining())
     try:
-        return await context.call_gateway(tool, payload.get("arguments", {}), timeout=max(0.1, context.remaining()))
+        if context.local_tools is not None and context.local_tools.has(tool):
+            return await context.local_tools.call(tool, arguments, timeout=timeout)
+        if context.call_gateway is None:
+            raise TaskFailed("this sidecar has no bridge to a gateway", code="unavailable")
+        return await context.call_gateway(tool, arguments, timeout=timeout)
     except BridgeError as exc:
         retryable = exc.code in (ErrorCode.UNAVAILABLE, ErrorCode.BUSY, ErrorCode.TIMEOUT)
-        raise TaskFailed(f"gateway tool {tool!r}: {exc.message}", retryable=retryable, code=exc.code.value) from None
+        raise TaskFailed(f"tool {tool!r}: {exc.message}", retryable=retryable, code=exc.code.value) from None
 
 
 def _check_fail(payload: Any) -> None:

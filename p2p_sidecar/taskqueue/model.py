@@ -225,19 +225,34 @@ def reprioritize(state: TaskState) -> Outcome:
     return Outcome(state.status, state.failures, note="priority changed")
 
 
-def completion_verdict(status: TaskStatus, current_attempt: int, reported_attempt: int) -> str:
-    """What a completion report means for the task in its present state.
+class Verdict(StrEnum):
+    """What the owner made of a lease holder's report of one attempt."""
 
-    ``recorded``: this report holds the lease and its result is now the
-    task's result.  ``duplicate``: the same attempt already recorded its result
-    (a retried report); the reporter may consider itself done.  ``rejected``:
-    the lease is gone (expired, cancelled, re-claimed), so the result is
-    discarded.
-    """
+    RECORDED = "recorded"
+    """The report held the lease: its result (or failure) is now the task's."""
+    DUPLICATE = "duplicate"
+    """The same attempt already recorded its result (a retried report); the reporter is done too."""
+    REJECTED = "rejected"
+    """The lease is gone (expired, cancelled, claimed again): the result was discarded."""
+
+
+class LeaseAnswer(StrEnum):
+    """The owner's answer for one lease in a heartbeat."""
+
+    OK = "ok"
+    """Still held; extended by one lease period."""
+    CANCELLED = "cancelled"
+    """The task was cancelled: stop the attempt."""
+    LOST = "lost"
+    """Not held any more (expired, re-claimed, unknown): stop the attempt; its result would be refused."""
+
+
+def completion_verdict(status: TaskStatus, current_attempt: int, reported_attempt: int) -> Verdict:
+    """What a completion report means for the task in its present state (see ``Verdict``)."""
     if reported_attempt != current_attempt:
-        return "rejected"
+        return Verdict.REJECTED
     if status is TaskStatus.RUNNING:
-        return "recorded"
+        return Verdict.RECORDED
     if status is TaskStatus.COMPLETED:
-        return "duplicate"
-    return "rejected"
+        return Verdict.DUPLICATE
+    return Verdict.REJECTED

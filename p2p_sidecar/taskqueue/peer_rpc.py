@@ -1,7 +1,7 @@
-"""The libp2p node as the task queue sees it: ``distribution.PeerRpc`` over ``node.Node``.
+"""The libp2p node as the task queue sees it: ``protocol.PeerRpc`` over ``node.Node``.
 
-The distribution layer was written against a small protocol so that it could
-be proven without a network; this adapter is the one place where the node's
+The queue is written against a small protocol so that it can be proven
+without a network; this adapter is the one place where the node's
 world (``BridgeError`` codes, ``RpcContext``, the peer table) meets the
 queue's (``PeerUnreachable`` / ``PeerOpFailed``, ``BadRequest``, peer ids):
 
@@ -30,8 +30,8 @@ from typing import Any
 from p2p_sidecar.node.host import Node
 from p2p_sidecar.node.peers import LIVE_STATES
 from p2p_sidecar.node.rpc_server import RpcContext
-from p2p_sidecar.taskqueue.distribution import BadRequest, OpHandler, PeerOpFailed, PeerUnreachable
 from p2p_sidecar.taskqueue.errors import QueueError
+from p2p_sidecar.taskqueue.protocol import BadRequest, OpHandler, PeerOpFailed, PeerUnreachable
 from shared_schema import BridgeError, ErrorCode
 
 log = logging.getLogger(__name__)

@@ -1,5 +1,10 @@
 """The durable task table: SQLite in WAL mode, one connection, used from the Trio thread.
 
+This is the only module that runs SQL on ``tasks`` (and ``task_log``); the
+workflow engine keeps its own tables in the same database through
+``transaction()`` and ``query()``, and every table is covered by one schema
+version, migrated forward at open.
+
 Why this shape:
 
 * Every state change is one short transaction (``BEGIN IMMEDIATE`` ...
@@ -13,9 +18,11 @@ Why this shape:
 * Completions are guarded by the lease: ``WHERE task_id = ? AND attempt = ?
   AND status = 'running'``.  A late or duplicate report changes nothing, so
   each task records exactly one result however often it runs.
-* Queued tasks live only here, never in Python lists; per-status counts are
-  kept in memory (adjusted as transactions commit) so the queue bound and
-  ``queue_stats`` cost nothing per call.
+* Queued tasks live only here, never in Python lists.  What the layers above
+  ask for on every submit and claim is kept in memory instead, adjusted as
+  transactions commit: counts per status, running leases per peer, and the
+  claimable tasks per (type, placement) that the dispatcher weighs against
+  free worker slots.  Those cost nothing per call, whatever the queue's depth.
 
 Status decisions come from ``model`` (pure); this module only persists them.
 """
@@ -23,7 +30,6 @@ Status decisions come from ``model`` (pure); this module only persists them.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -31,78 +37,29 @@ import sqlite3
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+from p2p_sidecar.errors import StartupError
 from p2p_sidecar.taskqueue import model
 from p2p_sidecar.taskqueue.errors import Conflict, NotFound, StorageError
-from p2p_sidecar.taskqueue.model import RetryPolicy, TaskState, TaskStatus
-from p2p_sidecar.taskqueue.records import Ended, EndedHook, Lease, NewTask, Report, dumps
+from p2p_sidecar.taskqueue.model import LeaseAnswer, RetryPolicy, TaskStatus, Verdict
+from p2p_sidecar.taskqueue.records import (
+    Ended,
+    EndedHook,
+    Lease,
+    NewTask,
+    Placement,
+    Progress,
+    Report,
+    TaskRecord,
+    dumps,
+)
+from p2p_sidecar.taskqueue.schema import SyncMode, open_database
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "1"
-SyncMode = Literal["normal", "full"]
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS tasks (
-    seq INTEGER PRIMARY KEY,
-    task_id TEXT NOT NULL UNIQUE,
-    idem_key TEXT UNIQUE,
-    task_type TEXT NOT NULL,
-    payload TEXT NOT NULL,
-    priority REAL NOT NULL,
-    status TEXT NOT NULL,
-    placement TEXT,
-    tags TEXT NOT NULL DEFAULT '[]',
-    metadata TEXT NOT NULL DEFAULT '{}',
-    retry_policy TEXT NOT NULL,
-    timeout_s REAL NOT NULL,
-    attempt INTEGER NOT NULL DEFAULT 0,
-    failures INTEGER NOT NULL DEFAULT 0,
-    not_before REAL NOT NULL DEFAULT 0,
-    worker TEXT,
-    worker_peer TEXT,
-    lease_boot TEXT,
-    lease_expires REAL,
-    workflow_id TEXT,
-    step_id TEXT,
-    created_at REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL,
-    result TEXT,
-    error TEXT
-);
-CREATE INDEX IF NOT EXISTS tasks_queue ON tasks(priority DESC, seq) WHERE status = 'queued';
-CREATE INDEX IF NOT EXISTS tasks_leases ON tasks(lease_expires) WHERE status = 'running';
-CREATE INDEX IF NOT EXISTS tasks_workflow ON tasks(workflow_id) WHERE workflow_id IS NOT NULL;
-CREATE TABLE IF NOT EXISTS task_log (task_seq INTEGER NOT NULL, at REAL NOT NULL, line TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS task_log_by_task ON task_log(task_seq);
-CREATE TABLE IF NOT EXISTS workers (worker_id TEXT PRIMARY KEY, spec TEXT NOT NULL);
-"""
-
-LOCAL = "local"
-"""``placement`` of a task only this node's own workers may run."""
-REMOTE = "remote"
-"""``placement`` of a task only other peers may run."""
-
-
-class StoreStartupError(RuntimeError):
-    """The queue database cannot be opened; the message says which file and why."""
-
-
-def _open_failure(path: Path, exc: sqlite3.Error) -> str:
-    """The start-up error for a database that cannot be opened; the file is never replaced or repaired here."""
-    text = str(exc)
-    if "locked" in text or "busy" in text:
-        return f"the queue database {path} is locked by another process ({text}); stop it and start again"
-    corrupt = isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError)
-    if corrupt or "not a database" in text or "malformed" in text:
-        return (
-            f"the queue database {path} is not a usable SQLite database ({text}); it was left untouched: "
-            "restore it from a backup or move it away to start with an empty queue"
-        )
-    return f"cannot open the queue database {path}: {text}"
+DemandKey = tuple[str, str | None]
+"""(task type, placement column): how claimable work is counted."""
 
 
 def storage_error(path: Path | None, exc: sqlite3.Error) -> StorageError:
@@ -119,72 +76,88 @@ def storage_error(path: Path | None, exc: sqlite3.Error) -> StorageError:
     return StorageError(f"the task queue cannot use its database: {why}; nothing was changed, retry later")
 
 
+def _record(row: sqlite3.Row) -> TaskRecord:
+    """The one place a ``tasks`` row is decoded."""
+    return TaskRecord(
+        seq=row["seq"],
+        task_id=row["task_id"],
+        task_type=row["task_type"],
+        status=TaskStatus(row["status"]),
+        priority=float(row["priority"]),
+        placement=Placement.from_column(row["placement"]),
+        policy=RetryPolicy(**json.loads(row["retry_policy"])),
+        timeout_s=float(row["timeout_s"]),
+        attempt=row["attempt"],
+        failures=row["failures"],
+        not_before=row["not_before"],
+        created_at=row["created_at"],
+        payload_json=row["payload"],
+        idem_key=row["idem_key"],
+        tags=tuple(json.loads(row["tags"])),
+        metadata=json.loads(row["metadata"]),
+        worker=row["worker"],
+        worker_peer=row["worker_peer"],
+        lease_boot=row["lease_boot"],
+        lease_expires=row["lease_expires"],
+        workflow_id=row["workflow_id"],
+        step_id=row["step_id"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        result_json=row["result"],
+        error=json.loads(row["error"]) if row["error"] is not None else None,
+        progress=_progress(row["progress"]),
+    )
+
+
+def _progress(raw: str | None) -> Progress | None:
+    if raw is None:
+        return None
+    value = json.loads(raw)
+    return Progress(value.get("message"), value.get("done"), value.get("total"), value.get("at", 0.0))
+
+
 class TaskStore:
-    def __init__(
-        self,
-        path: Path,
-        *,
-        sync: SyncMode = "normal",
-        max_result_bytes: int = 1 << 20,
-        on_ended: EndedHook | None = None,
-    ) -> None:
+    """Open with ``TaskStore.open(...)`` (a context manager that closes it); the constructor does no I/O."""
+
+    def __init__(self, path: Path, db: sqlite3.Connection, lock_fd: int, *, max_result_bytes: int) -> None:
         self.path = path
-        self.max_result_bytes = max_result_bytes
-        self.on_ended = on_ended
-        self._lock_fd = self._lock(path.with_suffix(".lock"))
-        db: sqlite3.Connection | None = None
-        try:
-            db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-            db.row_factory = sqlite3.Row
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
-            db.execute("PRAGMA busy_timeout=5000")
-            db.executescript(_SCHEMA)
-        except sqlite3.Error as exc:
-            if db is not None:
-                db.close()
-            os.close(self._lock_fd)
-            raise StoreStartupError(_open_failure(path, exc)) from None
         self.db = db
+        self.max_result_bytes = max_result_bytes
+        self.on_ended: EndedHook | None = None
+        self._lock_fd = lock_fd
         self._depth = 0
         self._pending_counts: Counter[str] = Counter()
         self._pending_ended: list[Ended] = []
+        self._pending_ready: Counter[DemandKey] = Counter()
+        self._pending_delayed: Counter[DemandKey] = Counter()
+        self._pending_leases: Counter[str | None] = Counter()
         self._counts: Counter[str] = Counter()
-        try:
-            # A damaged file is found now, with a clear message, not by whichever query reaches the bad page
-            # first (about 50 ms for 100,000 tasks here).  Nothing is repaired or replaced: the operator decides.
-            check = [row[0] for row in self.db.execute("PRAGMA quick_check(5)")]
-            if check != ["ok"]:
-                self.close()
-                raise StoreStartupError(
-                    f"the queue database {path} is damaged (quick_check: {'; '.join(check)[:300]}); it was left "
-                    "untouched: restore it from a backup, or move it away to start with an empty queue"
-                )
-            version = self.get_meta("schema_version")
-            if version is None:
-                self.set_meta("schema_version", SCHEMA_VERSION)
-            for row in self.db.execute("SELECT status, COUNT(*) FROM tasks GROUP BY status"):
-                self._counts[row[0]] = row[1]
-        except sqlite3.Error as exc:
-            self.close()
-            raise StoreStartupError(_open_failure(path, exc)) from None
-        if version is not None and version != SCHEMA_VERSION:
-            self.close()
-            raise StoreStartupError(f"{path} has schema version {version}; this sidecar reads {SCHEMA_VERSION}")
+        self._ready: Counter[DemandKey] = Counter()
+        """Queued tasks claimable now (their backoff, if any, is over), by (type, placement)."""
+        self._delayed: Counter[DemandKey] = Counter()
+        """Queued tasks waiting out a retry backoff that ends after ``_watermark``."""
+        self._watermark = 0.0
+        self._leases: Counter[str | None] = Counter()
+        """Running tasks by the peer holding the lease (None: this node's workers)."""
 
-    @staticmethod
-    def _lock(path: Path) -> int:
-        """One process per database: a second sidecar on the same data dir would corrupt the leases."""
+    # -- opening and closing ------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: Path, *, sync: SyncMode = "normal", max_result_bytes: int = 1 << 20) -> TaskStore:
+        """Open (or create) the database, check it, migrate it; raise ``StartupError`` with one clear line."""
+        db, lock_fd = open_database(path, sync=sync)
+        store = cls(path, db, lock_fd, max_result_bytes=max_result_bytes)
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as exc:
-            raise StoreStartupError(f"cannot open {path}: {exc.strerror}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise StoreStartupError(f"another sidecar is using this data directory ({path} is locked)") from None
-        return fd
+            store._load_counts()
+        except sqlite3.Error as exc:
+            store.close()
+            raise StartupError(f"cannot read the queue database {path}: {exc}") from None
+        return store
+
+    def __enter__(self) -> TaskStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):
@@ -193,13 +166,24 @@ class TaskStore:
             os.close(self._lock_fd)
             self._lock_fd = -1
 
-    # -- transactions -----------------------------------------------------------------
+    def _load_counts(self) -> None:
+        for row in self.db.execute("SELECT status, COUNT(*) FROM tasks GROUP BY status"):
+            self._counts[row[0]] = row[1]
+        sql = (
+            "SELECT task_type, placement, not_before > 0, COUNT(*) FROM tasks WHERE status = 'queued' GROUP BY 1, 2, 3"
+        )
+        for task_type, placement, delayed, count in self.db.execute(sql):
+            (self._delayed if delayed else self._ready)[(task_type, placement)] += count
+        for row in self.db.execute("SELECT worker_peer, COUNT(*) FROM tasks WHERE status = 'running' GROUP BY 1"):
+            self._leases[row[0]] = row[1]
+
+    # -- transactions -----------------------------------------------------------------------------------------
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """One atomic unit; nests (inner blocks join the outer transaction).
 
-        Count changes and "task ended" notices are applied only after COMMIT,
-        so a rolled-back transaction leaves no trace in memory either.
+        In-memory counts and "task ended" notices are applied only after
+        COMMIT, so a rolled-back transaction leaves no trace in memory either.
         """
         if self._depth:
             self._depth += 1
@@ -221,56 +205,103 @@ class TaskStore:
             if self.db.in_transaction:  # SQLite may already have rolled back (disk full, I/O error)
                 with contextlib.suppress(sqlite3.Error):
                     self.db.execute("ROLLBACK")
-            self._pending_counts.clear()
+            for pending in (self._pending_counts, self._pending_ready, self._pending_delayed, self._pending_leases):
+                pending.clear()
             self._pending_ended.clear()
             if isinstance(exc, sqlite3.Error):
                 raise storage_error(self.path, exc) from None
             raise
         self._depth = 0
         self._counts.update(self._pending_counts)
-        self._pending_counts.clear()
+        self._ready.update(self._pending_ready)
+        self._delayed.update(self._pending_delayed)
+        self._leases.update(self._pending_leases)
+        for pending in (self._pending_counts, self._pending_ready, self._pending_delayed, self._pending_leases):
+            pending.clear()
         ended, self._pending_ended = self._pending_ended, []
         if ended and self.on_ended is not None:
             self.on_ended(ended)
 
-    def _moved(self, old: str | None, new: str | None, n: int = 1) -> None:
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        """A read for the workflow engine's own tables (writes go through ``transaction()``)."""
+        try:
+            return self.db.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise storage_error(self.path, exc) from None
+
+    # -- bookkeeping of what the layers above read on every call ----------------------------------------
+    def _moved(self, old: TaskStatus | str | None, new: TaskStatus | str | None, n: int = 1) -> None:
         if old is not None:
-            self._pending_counts[old] -= n
+            self._pending_counts[str(old)] -= n
         if new is not None:
-            self._pending_counts[new] += n
+            self._pending_counts[str(new)] += n
 
-    def _ended(self, row: sqlite3.Row, status: TaskStatus) -> None:
-        self._pending_ended.append(Ended(row["task_id"], status, row["workflow_id"]))
+    def _queued(self, task_type: str, placement: str | None, not_before: float, n: int) -> None:
+        """A queued task (n = 1) appeared or (n = -1) left; counted as claimable or as waiting out a backoff."""
+        key = (task_type, placement)
+        (self._pending_delayed if not_before > self._watermark else self._pending_ready)[key] += n
 
-    def _log(self, seq: int, now: float, line: str) -> None:
-        self.db.execute("INSERT INTO task_log (task_seq, at, line) VALUES (?, ?, ?)", (seq, now, line))
+    def advance_backoffs(self, now: float) -> bool:
+        """Count tasks whose backoff ended by ``now`` as claimable; True if any did."""
+        if now <= self._watermark:
+            return False
+        moved = False
+        if any(count > 0 for count in self._delayed.values()):
+            sql = (
+                "SELECT task_type, placement, COUNT(*) FROM tasks WHERE status = 'queued' AND not_before > ? "
+                "AND not_before <= ? GROUP BY 1, 2"
+            )
+            for task_type, placement, count in self.db.execute(sql, (self._watermark, now)):
+                self._delayed[(task_type, placement)] -= count
+                self._ready[(task_type, placement)] += count
+                moved = True
+        self._watermark = now
+        return moved
 
-    # -- meta ---------------------------------------------------------------------------
-    def get_meta(self, key: str) -> str | None:
-        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return None if row is None else str(row[0])
-
-    def set_meta(self, key: str, value: str) -> None:
-        self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
-
-    # -- reading ---------------------------------------------------------------------------
     def counts(self) -> dict[str, int]:
         return {status.value: self._counts.get(status.value, 0) for status in TaskStatus}
 
     def count(self, status: TaskStatus) -> int:
         return self._counts.get(status.value, 0)
 
-    def get(self, task_id: str) -> sqlite3.Row | None:
-        return self.db.execute("SELECT * FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+    def claimable(self) -> dict[tuple[str, Placement], int]:
+        """Queued tasks claimable now, by (type, placement); backed-off retries are not counted until due."""
+        return {
+            (task_type, Placement.from_column(placement)): count
+            for (task_type, placement), count in self._ready.items()
+            if count > 0
+        }
 
-    def require(self, task_id: str) -> sqlite3.Row:
-        row = self.get(task_id)
-        if row is None:
+    def leases_held_by(self, peer: str | None) -> int:
+        """Running tasks leased to ``peer`` (None: this node's own workers)."""
+        return self._leases.get(peer, 0)
+
+    # -- meta -------------------------------------------------------------------------------------------------
+    def get_meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str | None) -> None:
+        with self.transaction():
+            if value is None:
+                self.db.execute("DELETE FROM meta WHERE key = ?", (key,))
+            else:
+                self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    # -- reading ----------------------------------------------------------------------------------------------
+    def get(self, task_id: str) -> TaskRecord | None:
+        row = self.db.execute("SELECT * FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+        return None if row is None else _record(row)
+
+    def require(self, task_id: str) -> TaskRecord:
+        record = self.get(task_id)
+        if record is None:
             raise NotFound(f"no task with id {task_id!r} on this node")
-        return row
+        return record
 
-    def by_idem_key(self, key: str) -> sqlite3.Row | None:
-        return self.db.execute("SELECT * FROM tasks WHERE idem_key = ?", (key,)).fetchone()
+    def by_idem_key(self, key: str) -> TaskRecord | None:
+        row = self.db.execute("SELECT * FROM tasks WHERE idem_key = ?", (key,)).fetchone()
+        return None if row is None else _record(row)
 
     def log_lines(self, seq: int) -> list[tuple[float, str]]:
         rows = self.db.execute("SELECT at, line FROM task_log WHERE task_seq = ? ORDER BY rowid", (seq,))
@@ -279,22 +310,28 @@ class TaskStore:
     def list(
         self,
         *,
-        statuses: Iterable[str] = (),
+        statuses: Iterable[TaskStatus] = (),
         worker: str | None = None,
         tag: str | None = None,
         priority_min: float | None = None,
         workflow_id: str | None = None,
+        local_peer: str | None = None,
         limit: int = 100,
         offset: int = 0,
-    ) -> list[sqlite3.Row]:
+    ) -> list[TaskRecord]:
+        """Newest first.  ``worker`` matches a worker id or the peer id of the node that ran the task."""
         clauses, params = [], []
-        statuses = list(statuses)
-        if statuses:
-            clauses.append(f"status IN ({','.join('?' * len(statuses))})")
-            params.extend(statuses)
+        wanted = [str(status) for status in statuses]
+        if wanted:
+            clauses.append(f"status IN ({','.join('?' * len(wanted))})")
+            params.extend(wanted)
         if worker is not None:
-            clauses.append("(worker = ? OR worker_peer = ?)")
-            params.extend([worker, worker])
+            if worker == local_peer:
+                clauses.append("(worker = ? OR (worker IS NOT NULL AND worker_peer IS NULL))")
+                params.append(worker)
+            else:
+                clauses.append("(worker = ? OR worker_peer = ?)")
+                params.extend([worker, worker])
         if tag is not None:
             clauses.append("EXISTS (SELECT 1 FROM json_each(tasks.tags) WHERE json_each.value = ?)")
             params.append(tag)
@@ -306,29 +343,80 @@ class TaskStore:
             params.append(workflow_id)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         sql = f"SELECT * FROM tasks {where} ORDER BY seq DESC LIMIT ? OFFSET ?"
-        return self.db.execute(sql, [*params, limit, offset]).fetchall()
+        return [_record(row) for row in self.db.execute(sql, [*params, limit, offset])]
 
-    def leases_held_by(self, peer: str) -> int:
-        """Running tasks leased to ``peer`` (another node): what ``SIDECAR_QUEUE_MAX_LEASES_PER_PEER`` bounds."""
-        sql = "SELECT COUNT(*) FROM tasks WHERE status = 'running' AND worker_peer = ?"
-        return int(self.db.execute(sql, (peer,)).fetchone()[0])
+    def workflow_tasks(self, workflow_id: str) -> dict[str, TaskRecord]:
+        """The tasks of a workflow's steps, by step id."""
+        rows = self.db.execute("SELECT * FROM tasks WHERE workflow_id = ?", (workflow_id,))
+        return {record.step_id: record for record in map(_record, rows) if record.step_id is not None}
 
-    def ready_demand(self, now: float) -> list[tuple[str, str | None, int]]:
-        """Queued, claimable-now tasks grouped by (task_type, placement): what peers could help with."""
-        sql = (
-            "SELECT task_type, placement, COUNT(*) FROM tasks WHERE status = 'queued' AND not_before <= ? "
-            "GROUP BY task_type, placement"
+    def workflow_task_states(self, workflow_id: str) -> dict[str, tuple[TaskStatus, int, dict[str, Any] | None]]:
+        """The status, failures and error of a workflow's step tasks, by step id: what advancing it needs,
+        without decoding payloads and results."""
+        rows = self.db.execute(
+            "SELECT step_id, status, failures, error FROM tasks WHERE workflow_id = ? AND step_id IS NOT NULL",
+            (workflow_id,),
         )
-        return [(row[0], row[1], row[2]) for row in self.db.execute(sql, (now,))]
+        return {
+            row[0]: (TaskStatus(row[1]), row[2], json.loads(row[3]) if row[3] is not None else None) for row in rows
+        }
 
-    def next_ready_at(self, now: float) -> float | None:
-        """The earliest time a backed-off task becomes claimable (None if none is waiting)."""
+    def step_results(self, workflow_id: str, step_ids: Iterable[str]) -> dict[str, Any]:
+        """The recorded results of some completed steps of a workflow."""
+        wanted = list(step_ids)
+        if not wanted:
+            return {}
+        marks = ",".join("?" * len(wanted))
+        rows = self.db.execute(
+            "SELECT step_id, result FROM tasks WHERE workflow_id = ? AND status = 'completed' "
+            f"AND step_id IN ({marks})",
+            [workflow_id, *wanted],
+        )
+        return {row[0]: json.loads(row[1]) for row in rows if row[1] is not None}
+
+    def workflows_run_on(self, peer: str | None) -> set[str]:
+        """Workflows with a step whose lease was taken by ``peer``'s workers (None: this node's)."""
+        clause = "worker_peer IS NULL" if peer is None else "worker_peer = ?"
+        sql = (
+            f"SELECT DISTINCT workflow_id FROM tasks WHERE workflow_id IS NOT NULL AND worker IS NOT NULL AND {clause}"
+        )
+        return {row[0] for row in self.db.execute(sql, () if peer is None else (peer,))}
+
+    def next_ready_at(self) -> float | None:
+        """The earliest end of a retry backoff still ahead of the counted ones (None if no task waits)."""
+        if not any(count > 0 for count in self._delayed.values()):
+            return None
         sql = "SELECT MIN(not_before) FROM tasks WHERE status = 'queued' AND not_before > ?"
-        value = self.db.execute(sql, (now,)).fetchone()[0]
+        value = self.db.execute(sql, (self._watermark,)).fetchone()[0]
         return None if value is None else float(value)
 
-    # -- submitting ----------------------------------------------------------------------------
-    def insert(self, task: NewTask, now: float) -> tuple[sqlite3.Row, bool]:
+    def history(self) -> dict[str, Any]:
+        """queue_stats(include_historical): aggregates over finished tasks (a full scan, so only on request)."""
+        sql = (
+            "SELECT status, COUNT(*), AVG(finished_at - created_at), AVG(finished_at - started_at), "
+            "SUM(attempt), MIN(created_at), MAX(finished_at) FROM tasks "
+            "WHERE status IN ('completed', 'failed', 'cancelled') GROUP BY status"
+        )
+        out: dict[str, Any] = {}
+        for row in self.db.execute(sql):
+            out[row[0]] = {
+                "count": row[1],
+                "avg_total_s": None if row[2] is None else round(row[2], 6),
+                "avg_run_s": None if row[3] is None else round(row[3], 6),
+                "attempts": row[4],
+                "first_submitted_at": row[5],
+                "last_finished_at": row[6],
+            }
+        return out
+
+    # -- writing: submitting ----------------------------------------------------------------------------------
+    def _log(self, seq: int, now: float, line: str) -> None:
+        self.db.execute("INSERT INTO task_log (task_seq, at, line) VALUES (?, ?, ?)", (seq, now, line))
+
+    def _ended(self, record: TaskRecord, status: TaskStatus) -> None:
+        self._pending_ended.append(Ended(record.task_id, status, record.workflow_id, record.step_id))
+
+    def insert(self, task: NewTask, now: float) -> tuple[TaskRecord, bool]:
         """Add a task; with an idempotency key already present, return that task instead (created False)."""
         with self.transaction():
             if task.idem_key is not None:
@@ -337,17 +425,18 @@ class TaskStore:
                     return existing, False
             if self.get(task.task_id) is not None:
                 raise Conflict(f"a task with id {task.task_id!r} already exists (with another idempotency key)")
+            placement = task.placement.to_column()
             row = self.db.execute(
                 "INSERT INTO tasks (task_id, idem_key, task_type, payload, priority, status, placement, tags, "
-                "metadata, retry_policy, timeout_s, workflow_id, step_id, created_at, not_before) "
-                "VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, 0) RETURNING *",
+                "metadata, retry_policy, timeout_s, workflow_id, step_id, created_at) "
+                "VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
                 (
                     task.task_id,
                     task.idem_key,
                     task.task_type,
                     dumps(task.payload),
                     task.priority,
-                    task.placement,
+                    placement,
                     dumps(list(task.tags)),
                     dumps(task.metadata or {}),
                     dumps(task.policy.to_dict()),
@@ -358,9 +447,10 @@ class TaskStore:
                 ),
             ).fetchone()
             self._moved(None, TaskStatus.QUEUED)
-        return row, True
+            self._queued(task.task_type, placement, 0.0, 1)
+        return _record(row), True
 
-    # -- leases ------------------------------------------------------------------------------------
+    # -- writing: leases ----------------------------------------------------------------------------------------
     def claim(
         self,
         *,
@@ -377,9 +467,9 @@ class TaskStore:
 
         ``peer`` None is one of this node's own workers: it may take tasks
         placed ``local`` but not those placed ``remote``; a remote peer may
-        take ``remote`` tasks and those placed on it by name.  ``max_bytes``
-        bounds the payloads of one claim (a claim that travels as one network
-        message); the first task is always taken.
+        take ``remote`` tasks and those placed on it by name (``Placement.admits``).
+        ``max_bytes`` bounds the payloads of one claim (a claim that travels as
+        one network message); the first task is always taken.
         """
         if limit <= 0 or not types:
             return []
@@ -389,7 +479,7 @@ class TaskStore:
             placement_params: list[Any] = []
         else:
             placement = "(placement IS NULL OR placement = 'remote' OR placement = ?)"
-            placement_params = [f"peer:{peer}"]
+            placement_params = [Placement.parse({"peer": peer}, local_peer=None).to_column()]
         candidates = (
             f"SELECT seq FROM tasks WHERE status = 'queued' AND not_before <= ? AND task_type IN ({marks}) "
             f"AND {placement} ORDER BY priority DESC, seq LIMIT ?"
@@ -405,13 +495,17 @@ class TaskStore:
             candidate_params.append(max_bytes)
         sql = (
             "UPDATE tasks SET status = 'running', attempt = attempt + 1, worker = ?, worker_peer = ?, "
-            f"lease_boot = ?, lease_expires = ?, started_at = ? WHERE seq IN ({candidates}) "
-            "RETURNING task_id, attempt, task_type, payload, timeout_s, priority, seq"
+            f"lease_boot = ?, lease_expires = ?, started_at = ?, progress = NULL WHERE seq IN ({candidates}) "
+            "RETURNING task_id, attempt, task_type, payload, timeout_s, priority, seq, placement, not_before"
         )
         params = [worker, peer, boot, now + lease_s, now, *candidate_params]
         with self.transaction():
+            self.advance_backoffs(now)
             rows = self.db.execute(sql, params).fetchall()
             self._moved(TaskStatus.QUEUED, TaskStatus.RUNNING, len(rows))
+            self._pending_leases[peer] += len(rows)
+            for row in rows:
+                self._queued(row["task_type"], row["placement"], row["not_before"], -1)
         rows.sort(key=lambda row: (-row["priority"], row["seq"]))
         return [
             Lease(
@@ -425,11 +519,25 @@ class TaskStore:
             for row in rows
         ]
 
+    def held(self, keys: Iterable[tuple[str, int]], *, peer: str | None) -> list[Lease]:
+        """The leases among ``keys`` that ``peer`` still holds (a claim answered again)."""
+        peer_clause = "worker_peer IS ?" if peer is None else "worker_peer = ?"
+        found = []
+        for task_id, attempt in keys:
+            row = self.db.execute(
+                "SELECT task_id, attempt, task_type, payload, timeout_s, priority FROM tasks WHERE task_id = ? "
+                f"AND attempt = ? AND status = 'running' AND {peer_clause}",
+                (task_id, attempt, peer),
+            ).fetchone()
+            if row is not None:
+                found.append(Lease(row[0], row[1], row[2], json.loads(row[3]), timeout_s=row[4], priority=row[5]))
+        return found
+
     def heartbeat(
         self, leases: Iterable[tuple[str, int]], *, peer: str | None, lease_s: float, now: float
-    ) -> dict[str, str]:
-        """Extend each lease still held: ``ok``; or say why not: ``cancelled`` or ``lost``."""
-        answers: dict[str, str] = {}
+    ) -> dict[str, LeaseAnswer]:
+        """Extend each lease still held (``ok``); or say why not: ``cancelled`` or ``lost``."""
+        answers: dict[str, LeaseAnswer] = {}
         peer_clause = "worker_peer IS ?" if peer is None else "worker_peer = ?"
         with self.transaction():
             for task_id, attempt in leases:
@@ -439,35 +547,49 @@ class TaskStore:
                     (now + lease_s, task_id, attempt, peer),
                 )
                 if cursor.rowcount:
-                    answers[task_id] = "ok"
+                    answers[task_id] = LeaseAnswer.OK
                     continue
                 row = self.db.execute("SELECT status, attempt FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
                 cancelled = row is not None and row[0] == TaskStatus.CANCELLED and row[1] == attempt
-                answers[task_id] = "cancelled" if cancelled else "lost"
+                answers[task_id] = LeaseAnswer.CANCELLED if cancelled else LeaseAnswer.LOST
         return answers
 
-    def finish(self, reports: Iterable[Report], *, peer: str | None, now: float) -> list[str]:
-        """Record results and failures of leased attempts; one verdict per report (see ``model.completion_verdict``)."""
+    def record_progress(self, updates: Iterable[tuple[str, int, Progress]], *, peer: str | None) -> int:
+        """Store what executors said about their attempts; only for leases ``peer`` holds.  Returns how many."""
+        peer_clause = "worker_peer IS ?" if peer is None else "worker_peer = ?"
+        stored = 0
+        with self.transaction():
+            for task_id, attempt, progress in updates:
+                cursor = self.db.execute(
+                    f"UPDATE tasks SET progress = ? WHERE task_id = ? AND attempt = ? AND status = 'running' "
+                    f"AND {peer_clause}",
+                    (dumps(progress.to_dict()), task_id, attempt, peer),
+                )
+                stored += cursor.rowcount
+        return stored
+
+    def finish(self, reports: Iterable[Report], *, peer: str | None, now: float) -> list[Verdict]:
+        """Record results and failures of leased attempts; one verdict per report (see ``model.Verdict``)."""
         verdicts = []
         with self.transaction():
+            self.advance_backoffs(now)
             for report in reports:
-                row = self.get(report.task_id)
-                if row is None:
-                    verdicts.append("rejected")
+                record = self.get(report.task_id)
+                if record is None:
+                    verdicts.append(Verdict.REJECTED)
                     continue
-                status = TaskStatus(row["status"])
-                verdict = model.completion_verdict(status, row["attempt"], report.attempt)
-                if verdict == "recorded" and row["worker_peer"] != peer:
-                    verdict = "rejected"  # someone else's lease: never theirs to finish
-                if verdict != "recorded":
+                verdict = model.completion_verdict(record.status, record.attempt, report.attempt)
+                if verdict is Verdict.RECORDED and record.worker_peer != peer:
+                    verdict = Verdict.REJECTED  # someone else's lease: never theirs to finish
+                if verdict is not Verdict.RECORDED:
                     verdicts.append(verdict)
                     continue
                 if report.ok:
                     encoded = dumps(report.result)
                     size = len(encoded.encode())
                     if size <= self.max_result_bytes:
-                        self._record_result(row, encoded, now)
-                        verdicts.append("recorded")
+                        self._record_result(record, encoded, now)
+                        verdicts.append(Verdict.RECORDED)
                         continue
                     report = Report(
                         report.task_id,
@@ -479,51 +601,52 @@ class TaskStore:
                         retryable=False,
                     )
                 self._apply_failure(
-                    row, now, message=report.message, code=report.code, retryable=report.retryable, lost=False
+                    record, now, message=report.message, code=report.code, retryable=report.retryable, lost=False
                 )
-                verdicts.append("recorded")
+                verdicts.append(Verdict.RECORDED)
         return verdicts
 
-    def _record_result(self, row: sqlite3.Row, encoded: str, now: float) -> None:
-        model.complete(self._state(row))
+    def _left_running(self, record: TaskRecord, new: TaskStatus) -> None:
+        self._moved(TaskStatus.RUNNING, new)
+        self._pending_leases[record.worker_peer] -= 1
+
+    def _record_result(self, record: TaskRecord, encoded: str, now: float) -> None:
+        model.complete(record.state)
         self.db.execute(
             "UPDATE tasks SET status = 'completed', result = ?, finished_at = ?, lease_expires = NULL WHERE seq = ?",
-            (encoded, now, row["seq"]),
+            (encoded, now, record.seq),
         )
-        self._moved(TaskStatus.RUNNING, TaskStatus.COMPLETED)
-        self._ended(row, TaskStatus.COMPLETED)
-
-    @staticmethod
-    def _state(row: sqlite3.Row) -> TaskState:
-        policy = RetryPolicy(**json.loads(row["retry_policy"]))
-        return TaskState(TaskStatus(row["status"]), row["attempt"], row["failures"], policy)
+        self._left_running(record, TaskStatus.COMPLETED)
+        self._ended(record, TaskStatus.COMPLETED)
 
     def _apply_failure(
-        self, row: sqlite3.Row, now: float, *, message: str, code: str, retryable: bool, lost: bool
+        self, record: TaskRecord, now: float, *, message: str, code: str, retryable: bool, lost: bool
     ) -> model.Outcome:
-        outcome = model.fail(self._state(row), message=message, code=code, retryable=retryable, lost=lost)
-        who = row["worker_peer"] or "local"
+        outcome = model.fail(record.state, message=message, code=code, retryable=retryable, lost=lost)
+        who = record.worker_peer or "this node"
         if outcome.status is TaskStatus.QUEUED:
+            not_before = now + outcome.delay_s
             self.db.execute(
                 "UPDATE tasks SET status = 'queued', failures = ?, not_before = ?, worker = NULL, worker_peer = NULL, "
                 "lease_boot = NULL, lease_expires = NULL, error = ? WHERE seq = ?",
                 (
                     outcome.failures,
-                    now + outcome.delay_s,
-                    dumps({"code": code, "message": message, "attempt": row["attempt"]}),
-                    row["seq"],
+                    not_before,
+                    dumps({"code": code, "message": message, "attempt": record.attempt}),
+                    record.seq,
                 ),
             )
-            self._moved(TaskStatus.RUNNING, TaskStatus.QUEUED)
+            self._left_running(record, TaskStatus.QUEUED)
+            self._queued(record.task_type, record.placement.to_column(), not_before, 1)
         else:
             self.db.execute(
                 "UPDATE tasks SET status = 'failed', failures = ?, finished_at = ?, lease_expires = NULL, error = ? "
                 "WHERE seq = ?",
-                (outcome.failures, now, dumps(outcome.error), row["seq"]),
+                (outcome.failures, now, dumps(outcome.error), record.seq),
             )
-            self._moved(TaskStatus.RUNNING, TaskStatus.FAILED)
-            self._ended(row, TaskStatus.FAILED)
-        self._log(row["seq"], now, f"{outcome.note} [worker {row['worker']} on {who}]")
+            self._left_running(record, TaskStatus.FAILED)
+            self._ended(record, TaskStatus.FAILED)
+        self._log(record.seq, now, f"{outcome.note} [worker {record.worker} on {who}]")
         return outcome
 
     def release(self, leases: Iterable[tuple[str, int]], *, peer: str | None, now: float, why: str) -> int:
@@ -538,21 +661,23 @@ class TaskStore:
                 ).fetchone()
                 if row is None:
                     continue
-                outcome = model.release(self._state(row))
+                record = _record(row)
+                outcome = model.release(record.state)
                 self.db.execute(
                     "UPDATE tasks SET status = 'queued', not_before = 0, worker = NULL, worker_peer = NULL, "
                     "lease_boot = NULL, lease_expires = NULL WHERE seq = ?",
-                    (row["seq"],),
+                    (record.seq,),
                 )
-                self._moved(TaskStatus.RUNNING, TaskStatus.QUEUED)
-                self._log(row["seq"], now, f"{outcome.note} ({why})")
+                self._left_running(record, TaskStatus.QUEUED)
+                self._queued(record.task_type, record.placement.to_column(), 0.0, 1)
+                self._log(record.seq, now, f"{outcome.note} ({why})")
                 released += 1
         return released
 
     def expire_leases(self, now: float) -> int:
         """Leases not renewed in time: their workers are presumed dead; each attempt counts as failed."""
         rows = self.db.execute("SELECT * FROM tasks WHERE status = 'running' AND lease_expires < ?", (now,)).fetchall()
-        return self._lose(rows, now, "lease expired (worker stopped heartbeating)")
+        return self._lose([_record(row) for row in rows], now, "lease expired (worker stopped heartbeating)")
 
     def lose_leases_of(self, peer: str | None, *, boot_not: str, now: float, why: str) -> int:
         """Leases held by an earlier run of a worker process (``peer`` None: this node's own)."""
@@ -561,69 +686,79 @@ class TaskStore:
             f"SELECT * FROM tasks WHERE status = 'running' AND {peer_clause} AND lease_boot IS NOT ?",
             (peer, boot_not),
         ).fetchall()
-        return self._lose(rows, now, why)
+        return self._lose([_record(row) for row in rows], now, why)
 
-    def _lose(self, rows: list[sqlite3.Row], now: float, why: str) -> int:
-        if not rows:
+    def _lose(self, records: list[TaskRecord], now: float, why: str) -> int:
+        if not records:
             return 0
         with self.transaction():
-            for row in rows:
-                self._apply_failure(row, now, message=why, code="worker_lost", retryable=True, lost=True)
-        return len(rows)
+            self.advance_backoffs(now)
+            for record in records:
+                self._apply_failure(record, now, message=why, code="worker_lost", retryable=True, lost=True)
+        return len(records)
 
-    # -- operator actions ---------------------------------------------------------------------------
-    def cancel(self, task_id: str, reason: str, now: float) -> tuple[TaskStatus, sqlite3.Row]:
-        """Cancel a queued or running task; returns its status before and its row before."""
+    # -- writing: operator actions -------------------------------------------------------------------------------
+    def cancel(self, task_id: str, reason: str, now: float) -> TaskRecord:
+        """Cancel a queued or running task; returns its record as it was before."""
         with self.transaction():
-            row = self.require(task_id)
-            status = TaskStatus(row["status"])
-            outcome = model.cancel(self._state(row), reason)
+            self.advance_backoffs(now)
+            record = self.require(task_id)
+            outcome = model.cancel(record.state, reason)
             self.db.execute(
                 "UPDATE tasks SET status = 'cancelled', finished_at = ?, lease_expires = NULL, error = ? WHERE seq = ?",
-                (now, dumps(outcome.error), row["seq"]),
+                (now, dumps(outcome.error), record.seq),
             )
-            self._moved(status, TaskStatus.CANCELLED)
-            self._ended(row, TaskStatus.CANCELLED)
-            self._log(row["seq"], now, outcome.note)
-        return status, row
+            if record.status is TaskStatus.RUNNING:
+                self._left_running(record, TaskStatus.CANCELLED)
+            else:
+                self._moved(record.status, TaskStatus.CANCELLED)
+                self._queued(record.task_type, record.placement.to_column(), record.not_before, -1)
+            self._ended(record, TaskStatus.CANCELLED)
+            self._log(record.seq, now, outcome.note)
+        return record
 
-    def retry(self, task_id: str, policy: RetryPolicy | None, now: float) -> sqlite3.Row:
+    def retry(self, task_id: str, policy: RetryPolicy | None, now: float) -> TaskRecord:
+        """Queue a failed or cancelled task again, its failure count reset (and its policy replaced, if given)."""
         with self.transaction():
-            row = self.require(task_id)
-            status = TaskStatus(row["status"])
-            outcome = model.retry(self._state(row))
-            policy_json = row["retry_policy"] if policy is None else dumps(policy.to_dict())
-            updated = self.db.execute(
+            record = self.require(task_id)
+            outcome = model.retry(record.state)
+            policy_json = dumps((policy or record.policy).to_dict())
+            row = self.db.execute(
                 "UPDATE tasks SET status = 'queued', failures = 0, not_before = 0, retry_policy = ?, worker = NULL, "
-                "worker_peer = NULL, lease_boot = NULL, finished_at = NULL, result = NULL, error = NULL "
-                "WHERE seq = ? RETURNING *",
-                (policy_json, row["seq"]),
+                "worker_peer = NULL, lease_boot = NULL, finished_at = NULL, result = NULL, error = NULL, "
+                "progress = NULL WHERE seq = ? RETURNING *",
+                (policy_json, record.seq),
             ).fetchone()
-            self._moved(status, TaskStatus.QUEUED)
-            self._log(row["seq"], now, outcome.note)
-        return updated
+            self._moved(record.status, TaskStatus.QUEUED)
+            self._queued(record.task_type, record.placement.to_column(), 0.0, 1)
+            self._log(record.seq, now, outcome.note)
+        return _record(row)
 
-    def set_priority(self, task_id: str, priority: float, now: float) -> sqlite3.Row:
+    def set_priority(self, task_id: str, priority: float, now: float) -> TaskRecord:
         with self.transaction():
-            row = self.require(task_id)
-            outcome = model.reprioritize(self._state(row))
-            updated = self.db.execute(
-                "UPDATE tasks SET priority = ? WHERE seq = ? RETURNING *", (priority, row["seq"])
+            record = self.require(task_id)
+            outcome = model.reprioritize(record.state)
+            row = self.db.execute(
+                "UPDATE tasks SET priority = ? WHERE seq = ? RETURNING *", (priority, record.seq)
             ).fetchone()
-            self._log(row["seq"], now, f"{outcome.note}: {row['priority']:g} -> {priority:g}")
-        return updated
+            self._log(record.seq, now, f"{outcome.note}: {record.priority:g} -> {priority:g}")
+        return _record(row)
 
     def cancel_queued(self, reason: str, now: float) -> int:
         """queue_clear on queued tasks: each is cancelled (so waiters and workflows learn of it)."""
         with self.transaction():
+            self.advance_backoffs(now)
             rows = self.db.execute(
                 "UPDATE tasks SET status = 'cancelled', finished_at = ?, error = ? WHERE status = 'queued' "
-                "RETURNING seq, task_id, workflow_id",
+                "RETURNING task_id, workflow_id, step_id, task_type, placement, not_before",
                 (now, dumps({"code": "cancelled", "message": reason})),
             ).fetchall()
             self._moved(TaskStatus.QUEUED, TaskStatus.CANCELLED, len(rows))
             for row in rows:
-                self._ended(row, TaskStatus.CANCELLED)
+                self._queued(row["task_type"], row["placement"], row["not_before"], -1)
+                self._pending_ended.append(
+                    Ended(row["task_id"], TaskStatus.CANCELLED, row["workflow_id"], row["step_id"])
+                )
         return len(rows)
 
     def delete_finished(self, statuses: Sequence[TaskStatus]) -> int:
@@ -631,13 +766,13 @@ class TaskStore:
         if not statuses:
             return 0
         marks = ",".join("?" * len(statuses))
+        wanted = [str(status) for status in statuses]
         with self.transaction():
             self.db.execute(
-                f"DELETE FROM task_log WHERE task_seq IN (SELECT seq FROM tasks WHERE status IN ({marks}))",
-                list(statuses),
+                f"DELETE FROM task_log WHERE task_seq IN (SELECT seq FROM tasks WHERE status IN ({marks}))", wanted
             )
             deleted = self.db.execute(
-                f"DELETE FROM tasks WHERE status IN ({marks}) RETURNING status", list(statuses)
+                f"DELETE FROM tasks WHERE status IN ({marks}) RETURNING status", wanted
             ).fetchall()
             for row in deleted:
                 self._moved(row[0], None)

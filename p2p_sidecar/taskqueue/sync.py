@@ -17,11 +17,22 @@ class Broadcast:
     def __init__(self) -> None:
         self.generation = 0
         self._event = trio.Event()
+        self._followers: list[Broadcast] = []
 
     def fire(self) -> None:
         self.generation += 1
         self._event.set()
         self._event = trio.Event()
+        for follower in self._followers:
+            follower.fire()
+
+    def chain(self, follower: Broadcast) -> None:
+        """Fire ``follower`` too whenever this one fires (a listener that also has news of its own)."""
+        self._followers.append(follower)
+
+    def unchain(self, follower: Broadcast) -> None:
+        if follower in self._followers:
+            self._followers.remove(follower)
 
     async def wait_since(self, generation: int, timeout: float = math.inf) -> bool:
         """Return True once ``fire`` has been called after ``generation`` was read, False on timeout."""

@@ -19,7 +19,7 @@ from p2p_sidecar.taskqueue.errors import Conflict, InvalidRequest, NotFound, Que
 from p2p_sidecar.taskqueue.model import TERMINAL, TaskStatus
 from p2p_sidecar.taskqueue.service import QueueService
 from p2p_sidecar.taskqueue.store import storage_error
-from p2p_sidecar.taskqueue.views import describe_task, task_logs, task_metrics
+from p2p_sidecar.taskqueue.views import task_logs, task_metrics
 from p2p_sidecar.taskqueue.worker import WorkerSpec
 from p2p_sidecar.tools.catalog import ToolCatalog
 
@@ -92,7 +92,7 @@ def register_queue_tools(catalog: ToolCatalog, queue: QueueService) -> None:
         task instead of a duplicate. metadata.placement: "any" (default), "local", "remote" or
         {"peer": "<peer id>"}. Use task_wait to block until it ends.
         """
-        view, created = queue.submit(
+        record, created = queue.submit(
             task_type=task_type,
             payload=payload,
             task_id=task_id,
@@ -102,18 +102,17 @@ def register_queue_tools(catalog: ToolCatalog, queue: QueueService) -> None:
             retry_policy=retry_policy,
             metadata=metadata,
         )
-        return {**view, "created": created}
+        return {**queue.view(record), "created": created}
 
     @translated
     async def task_status(task_id: str, include_logs: bool = False, include_metrics: bool = False) -> dict[str, Any]:
         """A task's state: status, attempts, worker, timings, last error; optionally its history and metrics."""
-        row = queue.row(task_id)
-        now = queue.clock()
-        view = describe_task(row, now=now)
+        record = queue.get(task_id)
+        view = queue.view(record)
         if include_logs:
-            view["logs"] = task_logs(row, queue.store.log_lines(row["seq"]))
+            view["logs"] = task_logs(record, queue.store.log_lines(record.seq), local_peer=queue.local_peer)
         if include_metrics:
-            view["metrics"] = task_metrics(row, now=now)
+            view["metrics"] = task_metrics(record, now=queue.clock())
         return view
 
     @translated
@@ -123,14 +122,13 @@ def register_queue_tools(catalog: ToolCatalog, queue: QueueService) -> None:
         Cancelling an already cancelled task is a no-op; a completed or failed task cannot be cancelled.
         ``force`` is accepted for compatibility: running tasks are always stopped.
         """
-        row = queue.row(task_id)
-        status = TaskStatus(row["status"])
-        if status is TaskStatus.CANCELLED:
-            return {**describe_task(row, now=queue.clock()), "cancelled": False, "previous_status": status.value}
-        if status in TERMINAL:
-            raise Conflict(f"task {task_id} already {status.value}; there is nothing to cancel")
-        before, view = queue.cancel(task_id, reason or "cancelled by task_cancel")
-        return {**view, "cancelled": True, "previous_status": before.value}
+        record = queue.get(task_id)
+        if record.status is TaskStatus.CANCELLED:
+            return {**queue.view(record), "cancelled": False, "previous_status": record.status.value}
+        if record.status in TERMINAL:
+            raise Conflict(f"task {task_id} already {record.status.value}; there is nothing to cancel")
+        before = queue.cancel(task_id, reason or "cancelled by task_cancel")
+        return {**queue.view(queue.get(task_id)), "cancelled": True, "previous_status": before.status.value}
 
     @translated
     async def task_list(
@@ -144,36 +142,35 @@ def register_queue_tools(catalog: ToolCatalog, queue: QueueService) -> None:
         """List tasks, newest first; filter by status (one, a comma list or a list), worker or peer, tag, priority."""
         if not 1 <= limit <= 1000 or offset < 0:
             raise InvalidRequest("limit must be 1-1000 and offset at least 0")
-        rows = queue.store.list(
+        records = queue.store.list(
             statuses=parse_statuses(status_filter),
             worker=worker_filter,
             tag=tag_filter,
             priority_min=priority_min,
+            local_peer=queue.local_peer,
             limit=limit,
             offset=offset,
         )
-        now = queue.clock()
-        tasks = [describe_task(row, now=now) for row in rows]
+        tasks = [queue.view(record) for record in records]
         return {"tasks": tasks, "count": len(tasks), "limit": limit, "offset": offset, "counts": queue.store.counts()}
 
     @translated
     async def task_priority(task_id: str, new_priority: float, requeue: bool = False) -> dict[str, Any]:
         """Change a queued or running task's priority (higher runs first); requeue=true also re-queues
         a failed or cancelled task with the new priority."""
-        return queue.set_priority(task_id, new_priority, requeue)
+        return queue.view(queue.set_priority(task_id, new_priority, requeue))
 
     @translated
     async def task_result(task_id: str, include_output: bool = True, include_logs: bool = False) -> dict[str, Any]:
         """A task's outcome: its one recorded result once completed, its error once failed or cancelled."""
-        row = queue.row(task_id)
-        status = TaskStatus(row["status"])
-        answer: dict[str, Any] = {"task_id": task_id, "status": status.value, "ready": status in TERMINAL}
-        view = describe_task(row, now=queue.clock(), include_result=include_output)
-        for key in ("result", "error", "attempt", "failures", "executed_by", "finished_at"):
+        record = queue.get(task_id)
+        answer: dict[str, Any] = {"task_id": task_id, "status": record.status.value, "ready": record.status in TERMINAL}
+        view = queue.view(record, include_result=include_output)
+        for key in ("result", "error", "attempt", "failures", "executed_by", "finished_at", "progress"):
             if key in view:
                 answer[key] = view[key]
         if include_logs:
-            answer["logs"] = task_logs(row, queue.store.log_lines(row["seq"]))
+            answer["logs"] = task_logs(record, queue.store.log_lines(record.seq), local_peer=queue.local_peer)
         return answer
 
     @translated
@@ -182,12 +179,9 @@ def register_queue_tools(catalog: ToolCatalog, queue: QueueService) -> None:
 
         Returns the task with done=true and its result, or done=false if it is still queued or running.
         """
-        view = await queue.wait(task_id, wait_budget(timeout_s))
-        done = view["status"] in TERMINAL
-        if done:
-            row = queue.row(task_id)
-            view = describe_task(row, now=queue.clock(), include_result=True)
-        return {**view, "done": done}
+        record = await queue.wait(task_id, wait_budget(timeout_s))
+        done = record.status in TERMINAL
+        return {**queue.view(record, include_result=done), "done": done}
 
     @translated
     async def queue_stats(include_worker_stats: bool = False, include_historical: bool = False) -> dict[str, Any]:
@@ -198,7 +192,11 @@ def register_queue_tools(catalog: ToolCatalog, queue: QueueService) -> None:
     async def queue_pause(reason: str | None = None) -> dict[str, Any]:
         """Stop handing out tasks (to this node's workers and to peers); running tasks finish. Survives restarts."""
         queue.pause(reason)
-        return {"paused": True, "reason": queue.paused_reason, "running": queue.store.count(TaskStatus.RUNNING)}
+        return {
+            "paused": True,
+            "reason": queue.owner.paused_reason,
+            "running": queue.store.count(TaskStatus.RUNNING),
+        }
 
     @translated
     async def queue_resume(reorder_by_priority: bool = False) -> dict[str, Any]:
@@ -224,7 +222,7 @@ def register_queue_tools(catalog: ToolCatalog, queue: QueueService) -> None:
     @translated
     async def task_retry(task_id: str, retry_config: dict[str, Any] | None = None) -> dict[str, Any]:
         """Run a failed or cancelled task again (its failure count starts over), optionally with a new retry policy."""
-        return queue.retry(task_id, retry_config)
+        return queue.view(queue.retry(task_id, retry_config))
 
     @translated
     async def worker_register(
@@ -268,7 +266,7 @@ def register_queue_tools(catalog: ToolCatalog, queue: QueueService) -> None:
         worker_id: str, include_tasks: bool = False, include_metrics: bool = False
     ) -> dict[str, Any]:
         """A worker's state, capabilities and slots; optionally its running tasks and its counters."""
-        worker = queue.workers.get(worker_id)
+        worker = queue.pool.workers.get(worker_id)
         if worker is None:
             raise NotFound(f"no worker named {worker_id!r} on this node; queue_stats lists them")
         return worker.describe(include_tasks=include_tasks, include_metrics=include_metrics)

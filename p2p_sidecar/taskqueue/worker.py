@@ -1,10 +1,14 @@
-"""Workers: pull leased tasks from queues, run their executors, heartbeat, report.
+"""One worker: its slots, the attempts it runs, their heartbeats and their reports.
 
-A worker does not care whose queue a task came from.  It talks to
-``QueueEndpoint`` objects: this node's own queue (``service.LocalEndpoint``,
-direct calls) or another peer's (``distribution.RemoteEndpoint``, requests
-over the P2P network).  It pulls only when it has free slots, so a busy node
-simply stops asking, and load spreads without anyone measuring it.
+A worker does not care whose queue a task came from.  It talks to ``Source``
+objects: this node's own queue (``owner.LocalSource``, direct calls) or
+another peer's (``peer_source.PeerSource``, requests over the network), and
+learns where work waits from its ``Feed`` (the pool).  It claims only when it
+has free slots, so a busy node simply stops asking.
+
+Claims from this node's queue are made inline (they never wait on the
+network); a claim from a peer runs as its own task with the slots it asked
+for reserved, so a slow or vanished owner holds up nothing else.
 
 Each running attempt has its own cancel scope, whose deadline is the task's
 timeout.  The scope is cancelled when the owner says the lease is gone
@@ -19,56 +23,87 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Protocol
 
 import trio
 
-from p2p_sidecar.taskqueue.errors import TaskFailed
-from p2p_sidecar.taskqueue.executors import ExecutorRegistry, TaskContext
-from p2p_sidecar.taskqueue.records import Lease, Report, dumps
+from p2p_sidecar.taskqueue.errors import InvalidRequest, SourceUnavailable, TaskFailed
+from p2p_sidecar.taskqueue.executors import ExecutorRegistry, LocalTools, TaskContext, ToolCaller
+from p2p_sidecar.taskqueue.model import LeaseAnswer, Verdict
+from p2p_sidecar.taskqueue.records import Lease, Progress, Report, dumps
 from p2p_sidecar.taskqueue.sync import Broadcast
 
 log = logging.getLogger(__name__)
 
-
-class EndpointUnavailable(Exception):
-    """The queue behind an endpoint cannot be reached right now (a peer down, a timeout)."""
-
-
-class QueueEndpoint(Protocol):
-    """One queue a worker can pull from: this node's own or a remote owner's."""
-
-    key: str
-    owner: str | None
-    """The owning peer's id; None for this node's own queue."""
-
-    async def claim(self, worker_id: str, types: Sequence[str], limit: int) -> list[Lease]: ...
-
-    async def heartbeat(self, worker_id: str, leases: Sequence[tuple[str, int]]) -> dict[str, str]: ...
-
-    async def report(self, worker_id: str, report: Report) -> str: ...
-
-    async def release(self, worker_id: str, leases: Sequence[tuple[str, int]], why: str) -> None: ...
+PROGRESS_FLUSH_S = 0.2
+"""How soon an executor's progress leaves for its owner (changes within this interval travel together)."""
+RELEASE_TIMEOUT_S = 2.0
 
 
-class WorkSource(Protocol):
-    """Where a worker looks for work, and how it waits for more."""
+class Source(Protocol):
+    """One queue a worker can pull from: this node's own or a remote owner's.  Raises ``SourceUnavailable``."""
 
-    work: Broadcast
-
-    def endpoints(self) -> list[QueueEndpoint]:
-        """The local queue first, then remote owners that said they have work."""
+    @property
+    def owner(self) -> str | None:
+        """The owning peer's id; None for this node's own queue."""
         ...
 
-    def claimable_types(self, endpoint: QueueEndpoint, capabilities: Sequence[str]) -> list[str]: ...
+    async def claim(self, worker: str, types: Sequence[str], limit: int) -> list[Lease]: ...
 
-    def exhausted(self, endpoint: QueueEndpoint) -> None:
-        """A claim came back short: that owner has nothing more for us now."""
+    async def heartbeat(
+        self, worker: str, leases: Sequence[tuple[str, int]], progress: Sequence[tuple[str, int, Progress]]
+    ) -> dict[str, LeaseAnswer]: ...
+
+    async def progress(self, worker: str, updates: Sequence[tuple[str, int, Progress]]) -> None: ...
+
+    async def report(self, worker: str, report: Report) -> Verdict: ...
+
+    async def release(self, worker: str, leases: Sequence[tuple[str, int]], why: str) -> None: ...
+
+
+class Feed(Protocol):
+    """Where a worker finds work (the pool): its own node's queue, and owners that hinted."""
+
+    news: Broadcast
+    local: Source
+
+    def owners(self, capabilities: Sequence[str]) -> list[tuple[Source, list[str], int]]:
+        """Remote owners with hinted work of these types: (source, types, tasks hinted, 0 if not said)."""
         ...
 
-    def unreachable(self, endpoint: QueueEndpoint) -> None: ...
+    def claimed(self, source: Source, *, asked: int, got: int) -> None:
+        """A claim's outcome; a short one means that owner has nothing more for us now."""
+        ...
+
+    def unreachable(self, source: Source) -> None: ...
+
+
+class WorkerState(StrEnum):
+    STARTING = "starting"
+    RUNNING = "running"
+    DRAINING = "draining"
+    """Takes no new work; its running attempts go on."""
+    STOPPED = "stopped"
+
+
+class StopKind(StrEnum):
+    """Why an attempt was stopped before its executor returned."""
+
+    CANCELLED = "cancelled"
+    """The task was cancelled at its owner: nothing to report (the owner already recorded it)."""
+    LOST = "lost"
+    """The lease is gone (expired, claimed again, owner unreachable for a whole lease): nothing to report."""
+    RELEASE = "release"
+    """Handed back unfinished on purpose (worker unregistered, shutting down): no failure counted."""
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    kind: StopKind
+    why: str = ""
 
 
 @dataclass(frozen=True)
@@ -93,16 +128,18 @@ class WorkerSpec:
 
 @dataclass(eq=False)
 class Running:
-    endpoint: QueueEndpoint
+    source: Source
     lease: Lease
     scope: trio.CancelScope
     started_at: float
     last_ok: float
-    stop_reason: str | None = None
+    stop: Stop | None = None
+    progress: Progress | None = None
+    progress_sent: Progress | None = None
 
-    def stop(self, reason: str) -> None:
-        if self.stop_reason is None:
-            self.stop_reason = reason
+    def halt(self, stop: Stop) -> None:
+        if self.stop is None:
+            self.stop = stop
             self.scope.cancel()
 
 
@@ -121,8 +158,10 @@ class WorkerConfig:
     lease_s: float
     max_result_bytes: int
     claim_batch: int = 32
-    idle_poll_s: float = 1.0
+    safety_poll_s: float = 10.0
+    """A worker is woken by news; this long without any, it looks anyway."""
     remote_tools_allow: frozenset[str] = frozenset()
+    local_peer: str | None = None
 
 
 class Worker:
@@ -131,21 +170,30 @@ class Worker:
         spec: WorkerSpec,
         *,
         executors: ExecutorRegistry,
-        source: WorkSource,
+        feed: Feed,
         config: WorkerConfig,
-        call_gateway: Callable[..., Awaitable[Any]] | None = None,
+        call_gateway: ToolCaller | None = None,
+        local_tools: LocalTools | None = None,
     ) -> None:
         self.spec = spec
         self._executors = executors
-        self._source = source
+        self._feed = feed
         self._config = config
         self._call_gateway = call_gateway
-        self._running: dict[tuple[str, str], Running] = {}
+        self._local_tools = local_tools
+        self._running: dict[tuple[str | None, str], Running] = {}
+        self._reserved = 0
+        """Slots held for claims in flight to remote owners."""
+        self._claiming_from: set[str | None] = set()
         self._reporting = 0
         """Finished attempts whose outcome is still on its way to the owner (their slots are free already)."""
         self._changed = Broadcast()
+        self.wake = Broadcast()
+        """Fired by the pool's news and by this worker's own changes (a slot freed, a claim back)."""
+        self._changed.chain(self.wake)
         self._claiming = True
-        self.state = "starting"
+        self._progress_due: set[Source] = set()
+        self.state = WorkerState.STARTING
         self.ready = trio.Event()
         self.started_at = time.time()
         self.stats = WorkerStats()
@@ -160,100 +208,141 @@ class Worker:
 
     @property
     def free_slots(self) -> int:
+        """Slots neither running an attempt nor held for a claim in flight to a remote owner."""
+        if not self._claiming:
+            return 0
+        return max(0, self.spec.max_concurrent - len(self._running) - self._reserved)
+
+    @property
+    def _room(self) -> int:
+        """Slots not running an attempt: this node's own work may take slots held for remote claims."""
         return max(0, self.spec.max_concurrent - len(self._running)) if self._claiming else 0
 
-    # -- lifecycle -----------------------------------------------------------------------------
+    def runs(self, task_type: str) -> bool:
+        return task_type in self.spec.capabilities
+
+    # -- lifecycle -----------------------------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Pull and run until ``stop_claiming``; then wait for running attempts; then return."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._heartbeats)
-            self.state = "running"
+            self.state = WorkerState.RUNNING
             self.ready.set()
             task_status.started()
             await self._pull(nursery)
             await self.wait_idle()
             nursery.cancel_scope.cancel()
-        self.state = "stopped"
+        self.state = WorkerState.STOPPED
 
     def stop_claiming(self) -> None:
         """Take no new work; attempts already running go on."""
         if self._claiming:
             self._claiming = False
-            self.state = "draining"
+            self.state = WorkerState.DRAINING
             self._changed.fire()
-            self._source.work.fire()
 
     def release_all(self, why: str) -> int:
         """Stop every running attempt and hand its lease back (no failure counted)."""
         for running in self._running.values():
-            running.stop(f"release:{why}")
+            running.halt(Stop(StopKind.RELEASE, why))
         return len(self._running)
 
     async def wait_idle(self, timeout: float = math.inf) -> bool:
         """True once nothing runs and every outcome has been reported; False if ``timeout`` passed first."""
         with trio.move_on_after(timeout):
-            while self._running or self._reporting:
+            while self._running or self._reporting or self._reserved:
                 await self._changed.wait_since(self._changed.generation)
             return True
         return False
 
-    def notify(self, endpoint_key: str, task_id: str, verdict: str) -> bool:
+    def notify(self, owner: str | None, task_id: str, answer: LeaseAnswer) -> bool:
         """The owner says this attempt's lease is over (``cancelled`` or ``lost``): stop it now."""
-        running = self._running.get((endpoint_key, task_id))
+        running = self._running.get((owner, task_id))
         if running is None:
             return False
-        running.stop(verdict)
+        running.halt(Stop(StopKind.CANCELLED if answer is LeaseAnswer.CANCELLED else StopKind.LOST))
         return True
 
-    # -- pulling -----------------------------------------------------------------------------------
+    # -- pulling ---------------------------------------------------------------------------------------------
     async def _pull(self, nursery: trio.Nursery) -> None:
-        work = self._source.work
         while self._claiming:
-            if self.free_slots == 0:
-                await self._changed.wait_since(self._changed.generation)
-                continue
-            seen = work.generation
-            claimed = 0
-            for endpoint in self._source.endpoints():
-                want = min(self.free_slots, self._config.claim_batch)
-                if want <= 0:
-                    break
-                types = self._source.claimable_types(endpoint, self.spec.capabilities)
-                if not types:
-                    continue
-                try:
-                    leases = await endpoint.claim(self.worker_id, types, want)
-                except EndpointUnavailable as exc:
-                    log.info("worker %s: queue %s unreachable: %s", self.worker_id, endpoint.key, exc)
-                    self._source.unreachable(endpoint)
-                    continue
-                if len(leases) < want:
-                    self._source.exhausted(endpoint)
-                for lease in leases:
-                    self._start(nursery, endpoint, lease)
-                claimed += len(leases)
-                if not self._claiming:
-                    break
-            if claimed == 0 and self._claiming:
-                await work.wait_since(seen, self._config.idle_poll_s)
+            seen = self.wake.generation
+            if not await self._pull_once(nursery):
+                await self.wake.wait_since(seen, self._config.safety_poll_s)
 
-    def _start(self, nursery: trio.Nursery, endpoint: QueueEndpoint, lease: Lease) -> None:
+    async def _pull_once(self, nursery: trio.Nursery) -> bool:
+        """One look for work; True if it should look again at once (it got a full batch from its own node)."""
+        want = min(self._room, self._config.claim_batch)
+        if want == 0:
+            return False
+        local = self._feed.local
+        try:
+            leases = await local.claim(self.worker_id, self.spec.capabilities, want)
+        except SourceUnavailable as exc:
+            log.warning("worker %s: this node's queue cannot hand out tasks now: %s", self.worker_id, exc)
+            leases = []
+        for lease in leases:
+            self._start(nursery, local, lease)
+        again = len(leases) == want
+        for source, types, hinted in self._feed.owners(self.spec.capabilities):
+            free = self.free_slots
+            if free == 0:
+                break
+            if source.owner in self._claiming_from:
+                continue
+            want = min(free, self._config.claim_batch, hinted or free)
+            self._reserved += want
+            self._claiming_from.add(source.owner)
+            nursery.start_soon(self._claim_remote, nursery, source, types, want)
+        return again and self._claiming
+
+    async def _claim_remote(self, nursery: trio.Nursery, source: Source, types: list[str], want: int) -> None:
+        leases: list[Lease] = []
+        try:
+            leases = await source.claim(self.worker_id, types, want)
+        except SourceUnavailable as exc:
+            log.info("worker %s: queue of %s unreachable: %s", self.worker_id, source.owner, exc)
+            self._feed.unreachable(source)
+        finally:
+            self._reserved -= want
+            self._claiming_from.discard(source.owner)
+        # This node's own work may have taken the slots held for this claim meanwhile: hand the excess back.
+        room = self._room
+        taken, excess = leases[:room], leases[room:]
+        for lease in taken:
+            self._start(nursery, source, lease)
+        if excess:
+            self.stats.released += len(excess)
+            try:
+                await source.release(self.worker_id, [lease.key for lease in excess], "no free slot any more")
+            except SourceUnavailable as exc:  # they expire at the owner instead
+                log.info(
+                    "worker %s: could not hand back %d lease(s) to %s: %s",
+                    self.worker_id,
+                    len(excess),
+                    source.owner,
+                    exc,
+                )
+        self._feed.claimed(source, asked=want, got=len(leases))
+        self._changed.fire()
+
+    def _start(self, nursery: trio.Nursery, source: Source, lease: Lease) -> None:
         now = trio.current_time()
         scope = trio.CancelScope(deadline=now + lease.timeout_s)
-        running = Running(endpoint, lease, scope, time.time(), now)
-        self._running[(endpoint.key, lease.task_id)] = running
+        running = Running(source, lease, scope, time.time(), now)
+        self._running[(source.owner, lease.task_id)] = running
         if not self._claiming:  # stop_claiming arrived while this claim was in flight
-            running.stop("release:worker stopping")
-        nursery.start_soon(self._run, running, name=f"task {lease.task_id}")
+            running.halt(Stop(StopKind.RELEASE, "worker stopping"))
+        nursery.start_soon(self._run, nursery, running, name=f"task {lease.task_id}")
 
-    # -- running one attempt ---------------------------------------------------------------------------
-    async def _run(self, running: Running) -> None:
-        lease, endpoint = running.lease, running.endpoint
+    # -- running one attempt ---------------------------------------------------------------------------------
+    async def _run(self, nursery: trio.Nursery, running: Running) -> None:
+        lease, source = running.lease, running.source
         report: Report | None = None
         try:
             with running.scope:
-                report = await self._execute(running)
-            if report is None and running.stop_reason is None:  # the task's own timeout
+                report = await self._execute(nursery, running)
+            if report is None and running.stop is None:  # the task's own timeout
                 report = Report(
                     lease.task_id,
                     lease.attempt,
@@ -261,22 +350,26 @@ class Worker:
                     message=f"did not finish within its timeout of {lease.timeout_s:g}s",
                     code="timeout",
                 )
-            elif report is None and (running.stop_reason or "").startswith("release:"):
+            elif report is None and running.stop is not None and running.stop.kind is StopKind.RELEASE:
                 self.stats.released += 1
                 try:
-                    await endpoint.release(self.worker_id, [(lease.task_id, lease.attempt)], running.stop_reason[8:])
-                except EndpointUnavailable as exc:  # the owner cannot be told: the lease expires there instead
-                    log.info("task %s: could not hand the lease back to %s: %s", lease.task_id, endpoint.key, exc)
+                    await source.release(self.worker_id, [lease.key], running.stop.why)
+                except SourceUnavailable as exc:  # the owner cannot be told: the lease expires there instead
+                    log.info("task %s: could not hand the lease back to %s: %s", lease.task_id, source.owner, exc)
         except trio.Cancelled:
             # The sidecar is shutting down: hand the lease back so the task runs again at once elsewhere
             # (or here after restart) without counting as a failure.
             self.stats.released += 1
-            with trio.CancelScope(shield=True), trio.move_on_after(2.0), contextlib.suppress(EndpointUnavailable):
-                await endpoint.release(self.worker_id, [(lease.task_id, lease.attempt)], "sidecar shutting down")
+            with (
+                trio.CancelScope(shield=True),
+                trio.move_on_after(RELEASE_TIMEOUT_S),
+                contextlib.suppress(SourceUnavailable),
+            ):
+                await source.release(self.worker_id, [lease.key], "sidecar shutting down")
             raise
         finally:
             self.stats.busy_s += time.time() - running.started_at
-            del self._running[(endpoint.key, lease.task_id)]
+            del self._running[(source.owner, lease.task_id)]
             if report is not None:
                 self._reporting += 1
             self._changed.fire()
@@ -287,25 +380,31 @@ class Worker:
                 self._reporting -= 1
                 self._changed.fire()
 
-    async def _execute(self, running: Running) -> Report | None:
+    async def _execute(self, nursery: trio.Nursery, running: Running) -> Report | None:
         lease = running.lease
         executor = self._executors.get(lease.task_type)
         if executor is None:
             return Report(lease.task_id, lease.attempt, ok=False, message=f"no executor for {lease.task_type!r}")
+
+        def report_progress(message: str | None = None, done: float | None = None, total: float | None = None) -> None:
+            self._progress(nursery, running, {"message": message, "done": done, "total": total})
+
         context = TaskContext(
             task_id=lease.task_id,
             task_type=lease.task_type,
             attempt=lease.attempt,
-            owner=running.endpoint.owner,
+            owner=running.source.owner,
             call_gateway=self._call_gateway,
+            local_tools=self._local_tools,
             remote_tools_allow=self._config.remote_tools_allow,
+            report_progress=report_progress,
         )
         try:
             value = await executor(lease.payload, context)
             # One line per execution that ran to its end (debug): fault runs count these against recorded results.
-            log.debug("executed task %s attempt %d for %s: ok", lease.task_id, lease.attempt, running.endpoint.key)
+            log.debug("executed task %s attempt %d for %s: ok", lease.task_id, lease.attempt, running.source.owner)
         except TaskFailed as exc:
-            log.debug("executed task %s attempt %d for %s: failed", lease.task_id, lease.attempt, running.endpoint.key)
+            log.debug("executed task %s attempt %d for %s: failed", lease.task_id, lease.attempt, running.source.owner)
             return Report(
                 lease.task_id, lease.attempt, ok=False, message=exc.message, code=exc.code, retryable=exc.retryable
             )
@@ -327,21 +426,21 @@ class Worker:
 
     async def _report(self, running: Running, report: Report) -> None:
         """Deliver the outcome to its owner, retrying while the lease may still be valid."""
-        endpoint = running.endpoint
+        source = running.source
         give_up = trio.current_time() + 2 * self._config.lease_s
         delay = 0.1
         while True:
             try:
-                verdict = await endpoint.report(self.worker_id, report)
+                verdict = await source.report(self.worker_id, report)
                 break
-            except EndpointUnavailable as exc:
+            except SourceUnavailable as exc:
                 if trio.current_time() + delay > give_up:
-                    log.warning("task %s: owner %s unreachable, result dropped: %s", report.task_id, endpoint.key, exc)
+                    log.warning("task %s: owner %s unreachable, result dropped: %s", report.task_id, source.owner, exc)
                     self.stats.discarded += 1
                     return
                 await trio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-        if verdict == "rejected":
+        if verdict is Verdict.REJECTED:
             self.stats.discarded += 1
             log.info("task %s attempt %d: owner refused the report (lease gone)", report.task_id, report.attempt)
         elif report.ok:
@@ -349,46 +448,75 @@ class Worker:
         else:
             self.stats.failed += 1
 
-    # -- heartbeats -------------------------------------------------------------------------------------
+    # -- progress ---------------------------------------------------------------------------------------------
+    def _progress(self, nursery: trio.Nursery, running: Running, raw: Mapping[str, Any]) -> None:
+        """An executor said how far it got: keep it, and send what changed to the owner shortly."""
+        try:
+            running.progress = Progress.parse(raw, at=time.time())
+        except InvalidRequest as exc:
+            raise TaskFailed(f"report_progress: {exc.message}", retryable=False, code="invalid_progress") from None
+        if running.source not in self._progress_due:
+            self._progress_due.add(running.source)
+            nursery.start_soon(self._flush_progress, running.source)
+
+    async def _flush_progress(self, source: Source) -> None:
+        await trio.sleep(PROGRESS_FLUSH_S)
+        self._progress_due.discard(source)
+        updates = self._unsent_progress(source)
+        if updates:
+            with contextlib.suppress(SourceUnavailable):  # the heartbeat carries it again
+                await source.progress(self.worker_id, updates)
+
+    def _unsent_progress(self, source: Source) -> list[tuple[str, int, Progress]]:
+        updates = []
+        for running in self._running.values():
+            if running.source is source and running.progress is not None and running.progress != running.progress_sent:
+                updates.append((running.lease.task_id, running.lease.attempt, running.progress))
+                running.progress_sent = running.progress
+        return updates
+
+    # -- heartbeats -------------------------------------------------------------------------------------------
     async def _heartbeats(self) -> None:
         interval = self._config.lease_s / 3
         while True:
             await trio.sleep(interval)
-            groups: dict[str, list[Running]] = {}
+            groups: dict[str | None, list[Running]] = {}
             for running in self._running.values():
-                if running.stop_reason is None:
-                    groups.setdefault(running.endpoint.key, []).append(running)
+                if running.stop is None:
+                    groups.setdefault(running.source.owner, []).append(running)
             async with trio.open_nursery() as nursery:
                 for runs in groups.values():
                     nursery.start_soon(self._beat, runs)
 
     async def _beat(self, runs: list[Running]) -> None:
-        endpoint = runs[0].endpoint
-        leases = [(run.lease.task_id, run.lease.attempt) for run in runs]
+        source = runs[0].source
+        leases = [run.lease.key for run in runs]
+        progress = self._unsent_progress(source)
         now = trio.current_time()
         try:
             with trio.fail_after(self._config.lease_s / 3):
-                answers = await endpoint.heartbeat(self.worker_id, leases)
-        except (EndpointUnavailable, trio.TooSlowError):
+                answers = await source.heartbeat(self.worker_id, leases, progress)
+        except (SourceUnavailable, trio.TooSlowError):
             for run in runs:
                 if now - run.last_ok > self._config.lease_s:
                     log.warning(
-                        "task %s: no heartbeat reached %s within the lease; stopping", run.lease.task_id, endpoint.key
+                        "task %s: no heartbeat reached %s within the lease; stopping", run.lease.task_id, source.owner
                     )
-                    run.stop("lost")
+                    run.halt(Stop(StopKind.LOST, "owner unreachable for a whole lease"))
             return
         for run in runs:
-            answer = answers.get(run.lease.task_id, "lost")
-            if answer == "ok":
+            answer = answers.get(run.lease.task_id, LeaseAnswer.LOST)
+            if answer is LeaseAnswer.OK:
                 run.last_ok = now
             else:
                 log.info("task %s attempt %d: owner says %s; stopping", run.lease.task_id, run.lease.attempt, answer)
-                run.stop(answer)
+                run.halt(Stop(StopKind.CANCELLED if answer is LeaseAnswer.CANCELLED else StopKind.LOST))
 
+    # -- reading -------------------------------------------------------------------------------------------------
     def describe(self, *, include_tasks: bool = False, include_metrics: bool = False) -> dict[str, Any]:
         info: dict[str, Any] = {
             **self.spec.to_dict(),
-            "state": self.state,
+            "state": self.state.value,
             "running": len(self._running),
             "free_slots": self.free_slots,
             "registered": self.spec.registered,
@@ -399,8 +527,9 @@ class Worker:
                     "task_id": run.lease.task_id,
                     "task_type": run.lease.task_type,
                     "attempt": run.lease.attempt,
-                    "owner": run.endpoint.owner or "local",
+                    "owner": run.source.owner or self._config.local_peer or "local",
                     "started_at": run.started_at,
+                    **({"progress": run.progress.to_dict()} if run.progress is not None else {}),
                 }
                 for run in self._running.values()
             ]

@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from shared_schema import ToolMetadata, ToolSpec
+from shared_schema import BridgeError, ErrorCode, ToolMetadata, ToolSpec
 from shared_schema.function_tool import FunctionTool, metadata_of
 
 
@@ -88,3 +88,19 @@ class ToolCatalog:
 
     def __len__(self) -> int:
         return len(self._tools)
+
+
+class CatalogTools:
+    """The catalog as a ``tool`` task sees it (``taskqueue.executors.LocalTools``): this sidecar's own tools."""
+
+    def __init__(self, catalog: ToolCatalog) -> None:
+        self._catalog = catalog
+
+    def has(self, name: str) -> bool:
+        return self._catalog.get(name) is not None
+
+    async def call(self, name: str, arguments: dict[str, Any], *, timeout: float) -> Any:
+        tool = self._catalog.get(name)
+        if tool is None:
+            raise BridgeError(ErrorCode.UNKNOWN_TOOL, f"unknown P2P tool: {name}")
+        return await tool.invoke(arguments, timeout)

@@ -18,6 +18,7 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from graphlib import CycleError, TopologicalSorter
 from typing import Any
 
 from p2p_sidecar.taskqueue.errors import InvalidRequest
@@ -89,14 +90,7 @@ class Dag:
 
     def levels(self) -> list[list[str]]:
         """Steps grouped by depth: every step of a level can run in parallel once the levels before it are done."""
-        depth: dict[str, int] = {}
-        for step_id in topological_order(self.steps):
-            step = self.steps[step_id]
-            depth[step_id] = 1 + max((depth[dep] for dep in step.depends_on), default=-1)
-        levels: list[list[str]] = [[] for _ in range(max(depth.values(), default=-1) + 1)]
-        for step_id in self.steps:
-            levels[depth[step_id]].append(step_id)
-        return levels
+        return levels(self.steps)
 
     def sinks(self) -> list[str]:
         needed = {dep for step in self.steps.values() for dep in step.depends_on}
@@ -227,47 +221,40 @@ def parse(steps: Any, dependencies: Any = None) -> Dag:
 
 
 def find_cycle(steps: dict[str, Step]) -> list[str] | None:
-    """A cycle as a path that returns to its start (``["A", "B", "A"]``), or None."""
-    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
-    path: list[str] = []
+    """A cycle as a path in run order that returns to its start (``["A", "B", "A"]``), or None.
 
-    def visit(node: str) -> list[str] | None:
-        state[node] = 1
-        path.append(node)
-        for dep in steps[node].depends_on:
-            if state.get(dep) == 1:
-                return [*path[path.index(dep) :], dep]
-            if dep not in state:
-                found = visit(dep)
-                if found:
-                    return found
-        path.pop()
-        state[node] = 2
-        return None
-
-    for node in steps:
-        if node not in state:
-            found = visit(node)
-            if found:
-                # we walked dependency edges (B -> A means "B needs A"): show them in run order
-                return list(reversed(found))
+    ``graphlib`` finds it without recursion, so a chain of ``MAX_STEPS`` steps in any order is fine.
+    """
+    sorter = TopologicalSorter({step_id: step.depends_on for step_id, step in steps.items()})
+    try:
+        sorter.prepare()
+    except CycleError as exc:
+        return list(exc.args[1])
     return None
+
+
+def levels(steps: dict[str, Step]) -> list[list[str]]:
+    """Steps grouped by depth: every step of a level can run in parallel once the levels before it are done.
+
+    Within a level, steps keep their submission order.
+    """
+    position = {step_id: index for index, step_id in enumerate(steps)}
+    sorter = TopologicalSorter({step_id: step.depends_on for step_id, step in steps.items()})
+    try:
+        sorter.prepare()
+    except CycleError:
+        raise DagError("workflow has a cycle") from None
+    found = []
+    while sorter.is_active():
+        ready = sorted(sorter.get_ready(), key=position.__getitem__)
+        found.append(ready)
+        sorter.done(*ready)
+    return found
 
 
 def topological_order(steps: dict[str, Step]) -> list[str]:
     """Steps in an order where each comes after everything it depends on (submission order breaks ties)."""
-    remaining = {step_id: set(step.depends_on) for step_id, step in steps.items()}
-    order: list[str] = []
-    while remaining:
-        ready = [step_id for step_id, deps in remaining.items() if not deps]
-        if not ready:
-            raise DagError("workflow has a cycle")
-        for step_id in ready:
-            del remaining[step_id]
-            order.append(step_id)
-        for deps in remaining.values():
-            deps.difference_update(ready)
-    return order
+    return [step_id for level in levels(steps) for step_id in level]
 
 
 # -- output references -------------------------------------------------------------------------------------------

@@ -73,7 +73,8 @@ def register_workflow_tools(catalog: ToolCatalog, engine: WorkflowEngine) -> Non
         limit: int = 50,
         offset: int = 0,
     ) -> dict[str, Any]:
-        """List workflows, newest first; peer_filter keeps those with a step run by that peer ("local": this node)."""
+        """List workflows, newest first; peer_filter keeps those with a step run by that peer (its peer id;
+        "local" or this node's peer id: this node)."""
         if not 1 <= limit <= 1000 or offset < 0:
             raise InvalidRequest("limit must be 1-1000 and offset at least 0")
         workflows = engine.list(
@@ -87,7 +88,7 @@ def register_workflow_tools(catalog: ToolCatalog, engine: WorkflowEngine) -> Non
         if fmt not in FORMATS:
             raise InvalidRequest(f"fmt must be one of {list(FORMATS)} (got {fmt!r})")
         dag = engine.dag(workflow_id)
-        statuses = {step["step_id"]: step["live_status"] for step in engine.describe_steps(workflow_id)}
+        statuses = engine.step_statuses(workflow_id)
         graph = render(dag, fmt, title=workflow_id, statuses=statuses)
         if fmt == "json":
             return {"workflow_id": workflow_id, "fmt": fmt, **graph}

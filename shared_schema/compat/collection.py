@@ -14,10 +14,19 @@ description starts with ``[UNAVAILABLE: ...]`` and whose every call answers a
 ``tool_unavailable`` error with the reason; the traceback is logged once.  A
 function whose signature cannot become a schema gets the same treatment under
 its own name.  Neither is retried until the process restarts.
+
+Which module provides a name is decided by ``providers``, from each module's
+tools as imported or as cached, never from the order modules happened to be
+imported in: a real tool beats a stand-in of the same name, and between two
+real tools of one name the module first in scan order (sorted paths) wins; the
+others are reported as clashes (in the log and in ``/health``).  So a listing
+is the same after a cold start, a cached restart, or imports in any order.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import threading
 import time
@@ -27,8 +36,9 @@ from typing import Any
 
 from shared_schema.compat.cache import SchemaCache
 from shared_schema.compat.flavour import Host, adapt_for_host
+from shared_schema.compat.guard import acting_for
 from shared_schema.compat.loader import ModuleLoadError, load
-from shared_schema.compat.rules import select_functions, tool_metadata_for
+from shared_schema.compat.rules import Selection, select_functions, tool_metadata_for
 from shared_schema.compat.scan import ModuleSource, ScanResult
 from shared_schema.errors import BridgeError, ErrorCode
 from shared_schema.function_tool import FunctionTool
@@ -57,12 +67,34 @@ def is_stand_in(tool: FunctionTool) -> bool:
     return getattr(tool.fn, "unavailable_reason", None) is not None
 
 
+def _acting_for_tool(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
+    """``fn`` run as collection code (``guard.acting_for``): a package install it starts is refused or logged."""
+    if inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def run_async(*args: Any, **kwargs: Any) -> Any:
+            with acting_for(f"tool {name}"):
+                return await fn(*args, **kwargs)
+
+        return run_async
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with acting_for(f"tool {name}"):
+            return fn(*args, **kwargs)
+
+    return run
+
+
 def build_tool(name: str, fn: Callable[..., Any], source: ModuleSource, host: Host) -> FunctionTool:
-    """A collection function as a tool: its metadata by the rules, its loop adapted to the host."""
+    """A collection function as a tool: its metadata by the rules, its loop adapted to the host.
+
+    Its arguments are judged leniently (``Signature``), as the server the collection was written for did.
+    """
     try:
         metadata = tool_metadata_for(fn, tool_name=name, source=source)
-        runnable = adapt_for_host(fn, host, metadata.timeout_seconds)
-        return FunctionTool.from_function(runnable, name=name, metadata=metadata)
+        runnable = _acting_for_tool(adapt_for_host(fn, host, metadata.timeout_seconds), name)
+        return FunctionTool.from_function(runnable, name=name, metadata=metadata, lenient=True)
     except Exception as exc:  # boundary: foreign signatures pydantic cannot turn into a schema
         reason = f"cannot derive its input schema from {source.label}: {type(exc).__name__}: {exc}"
         log.exception("tool %s is unavailable: %s", name, reason.splitlines()[0])
@@ -74,18 +106,29 @@ class Resolution:
     tools: tuple[FunctionTool, ...]
     error: ModuleLoadError | None = None
     complete: bool = True
-    """False when the module or one of its functions could not be loaded (such results are not cached)."""
+    """False when the module or one of its functions could not be loaded (their stand-ins are listed instead)."""
 
     @property
     def names(self) -> frozenset[str]:
         return frozenset(tool.name for tool in self.tools)
 
 
+def spec_is_stand_in(spec: ToolSpec) -> bool:
+    return (spec.description or "").startswith(UNAVAILABLE_PREFIX)
+
+
 class LazyModule:
-    def __init__(self, source: ModuleSource, cached: tuple[ToolSpec, ...] | None, host: Host) -> None:
+    def __init__(
+        self,
+        source: ModuleSource,
+        cached: tuple[ToolSpec, ...] | None,
+        host: Host,
+        selection: Selection = "original",
+    ) -> None:
         self.source = source
         self.cached = cached
         self._host = host
+        self._selection = selection
         self._lock = threading.Lock()
         self._resolution: Resolution | None = None
 
@@ -99,6 +142,12 @@ class LazyModule:
         if self.cached is not None:
             return frozenset(spec.name for spec in self.cached)
         return None
+
+    def known(self) -> list[tuple[ToolSpec, FunctionTool | None]]:
+        """The module's tools as far as they are known: imported (spec and tool) or cached (spec only)."""
+        if self._resolution is not None:
+            return [(tool.spec, tool) for tool in self._resolution.tools]
+        return [(spec, None) for spec in self.cached or ()]
 
     def resolve(self) -> Resolution:
         """Import the module and build its tools, once; later calls return the same result."""
@@ -121,19 +170,72 @@ class LazyModule:
             names = [spec.name for spec in self.cached or ()] or [own]
             stand_ins = tuple(unavailable_tool(name, source.category, reason) for name in names)
             return Resolution(stand_ins, exc, complete=False)
-        tools = tuple(build_tool(name, fn, source, self._host) for name, fn in select_functions(loaded, source))
-        complete = not any((tool.spec.description or "").startswith(UNAVAILABLE_PREFIX) for tool in tools)
+        selected = select_functions(loaded, source, self._selection)
+        tools = tuple(build_tool(name, fn, source, self._host) for name, fn in selected)
+        complete = not any(spec_is_stand_in(tool.spec) for tool in tools)
         if not tools:
             log.info("tool module %s defines no tools", source.label)
         log.debug("loaded %s: %d tools in %.1f ms", source.label, len(tools), 1000 * (time.perf_counter() - started))
         return Resolution(tools, complete=complete)
 
 
+@dataclass(frozen=True)
+class Provider:
+    """The module that provides one tool name, with the tool's spec, and the tool once the module is imported."""
+
+    module: LazyModule
+    spec: ToolSpec
+    tool: FunctionTool | None
+    stand_in: bool
+
+
+@dataclass(frozen=True)
+class Clash:
+    """Two or more modules of a category providing different tools under one name; ``kept`` wins."""
+
+    name: str
+    kept: str
+    ignored: tuple[str, ...]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"name": self.name, "kept": self.kept, "ignored": list(self.ignored)}
+
+
+def choose_providers(modules: Iterable[LazyModule]) -> tuple[dict[str, Provider], list[Clash]]:
+    """Who provides each name, from ``modules`` in scan order: a pure function of their known tools.
+
+    A real tool beats a stand-in; between real tools the first module wins,
+    and a different spec under the same name from a later module is a clash
+    (the same function re-exported by a second module gives the same spec,
+    and is not one).
+    """
+    chosen: dict[str, Provider] = {}
+    ignored: dict[str, list[str]] = {}
+    for module in modules:
+        for spec, tool in module.known():
+            stand_in = is_stand_in(tool) if tool is not None else spec_is_stand_in(spec)
+            current = chosen.get(spec.name)
+            if current is None or (current.stand_in and not stand_in):
+                chosen[spec.name] = Provider(module, spec, tool, stand_in)
+            elif not stand_in and current.module is not module and current.spec != spec:
+                ignored.setdefault(spec.name, []).append(module.source.label)
+    clashes = [Clash(name, chosen[name].module.source.label, tuple(labels)) for name, labels in sorted(ignored.items())]
+    return chosen, clashes
+
+
 class ToolCollection:
-    def __init__(self, scan: ScanResult, *, host: Host, cache: SchemaCache | None = None) -> None:
+    def __init__(
+        self,
+        scan: ScanResult,
+        *,
+        host: Host,
+        cache: SchemaCache | None = None,
+        selection: Selection = "original",
+    ) -> None:
         self.categories = dict(scan.categories)
         self._cache = cache
-        self.modules = [LazyModule(s, cache.lookup(s) if cache else None, host) for s in scan.sources]
+        self.selection = selection
+        self.modules = [LazyModule(s, cache.lookup(s) if cache else None, host, selection) for s in scan.sources]
         self._by_category: dict[str, list[LazyModule]] = {}
         for module in self.modules:
             self._by_category.setdefault(module.source.category, []).append(module)
@@ -183,6 +285,7 @@ class ToolCollection:
             done.append(module)
             if name in module.resolve().names:
                 break
+        self.save_cache(done)
         return done
 
     def resolve_all(self, modules: Iterable[LazyModule]) -> list[LazyModule]:
@@ -194,13 +297,13 @@ class ToolCollection:
     def save_cache(self, modules: Iterable[LazyModule]) -> None:
         if self._cache is None:
             return
-        complete = []
+        resolved = []
         for module in modules:
             resolution = module.resolution
-            if resolution is not None and resolution.complete:
-                complete.append((module.source, [tool.spec for tool in resolution.tools]))
-        if complete:
-            self._cache.store(complete)
+            if resolution is not None:
+                resolved.append((module.source, [tool.spec for tool in resolution.tools]))
+        if resolved:
+            self._cache.store(resolved)
 
     def status(self) -> dict[str, int]:
         resolved = [m.resolution for m in self.modules if m.resolution is not None]

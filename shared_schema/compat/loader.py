@@ -1,11 +1,18 @@
 """Import one collection module, the only place collection code is executed.
 
-A module file is imported under its private name (see ``scan.ModuleSource``)
-below synthetic parent packages whose ``__path__`` is the collection folder
-and the category folder.  So ``from ._helpers import x`` and
-``from . import sibling`` work as they did in the seed, while the folders'
-``__init__.py`` files are never run (in the seed they often imported every
-module of the category at once, which would defeat lazy loading).
+A module whose tools folder belongs to an importable package is imported
+under its real name (``pkg.mcp_server.tools.<category>.<module>``), the way
+the collection's own server imports it: its parent packages' ``__init__.py``
+files run, and relative imports of any depth resolve as they do there.
+Any other module file is imported under its private name (see
+``scan.ModuleSource``) below synthetic parent packages whose ``__path__`` is
+the category folder, the collection folder and the folders above it.  So
+``from ._helpers import x``, ``from . import sibling`` and
+``from ...validators import y`` work as they did in the seed, while the
+folders' ``__init__.py`` files are never run (in the seed they often imported
+every module of the category at once, which would defeat lazy loading).
+Every import goes through ``guard.collection_import`` (no installs, no
+``sys.path`` edits leaking between modules, one import at a time).
 
 Whatever goes wrong while the module runs (a missing dependency, an
 exception, a syntax error, even ``sys.exit()``) becomes a ``ModuleLoadError``
@@ -14,6 +21,7 @@ carrying the traceback; the caller decides how to report it.
 
 from __future__ import annotations
 
+import importlib
 import importlib.machinery
 import importlib.util
 import sys
@@ -22,6 +30,7 @@ import traceback
 import types
 from typing import Any
 
+from shared_schema.compat.guard import collection_import
 from shared_schema.compat.scan import PRIVATE_ROOT, ModuleSource
 
 _packages_lock = threading.Lock()
@@ -77,10 +86,11 @@ def _import_file(source: ModuleSource) -> types.ModuleType:
 def load(source: ModuleSource) -> Any:
     """Import ``source``: a module (files, module entry points) or a function (function entry points)."""
     try:
-        if source.kind == "file":
-            return _import_file(source)
-        assert source.entry_point is not None
-        return source.entry_point.load()
+        with collection_import(source.label):
+            if source.kind == "file":
+                return importlib.import_module(source.module_name) if source.package else _import_file(source)
+            assert source.entry_point is not None
+            return source.entry_point.load()
     # Boundary: foreign module code.  Any failure, even SystemExit, is reported to the caller; none escapes.
     except (Exception, SystemExit) as exc:  # noqa: BLE001
         reason = f"{type(exc).__name__}: {exc}".strip()

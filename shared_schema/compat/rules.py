@@ -1,17 +1,24 @@
 """The collection's conventions: which functions are tools, what they are called, where they run.
 
-Naming (``select_functions``), for a module ``<category>/<stem>.py``:
+Naming (``select_functions``), for a module ``<category>/<stem>.py``, as the
+collection's own server (ipfs_datasets_py's hierarchical tool manager) names
+them by default (``selection="original"``):
 
-1. Public functions (no leading ``_``) whose name is the stem or contains it
-   are the module's tools -- the seed's hierarchical manager's rule, which
-   also counts functions the module imports under such a name (thin wrapper
-   modules).  ``tools/dataset_tools/load_dataset.py`` defining
-   ``load_dataset`` and ``load_dataset_batch`` gives two tools.
-2. Otherwise every public function *defined in* the module is a tool: a
-   module holding several functions exposes each, and a module whose single
-   function is named differently from the file exposes it under the
-   function's own name.
+1. Public functions (no leading ``_``) in the module's namespace whose name is
+   the stem or contains it are the module's tools -- functions the module
+   imports under such a name included (thin wrapper modules).
+   ``tools/dataset_tools/load_dataset.py`` defining ``load_dataset`` and
+   ``load_dataset_batch`` gives two tools; its helpers (``main``,
+   ``format_table``) none.
+2. Also, functions defined in the module that ``@tool_metadata`` marks for
+   the P2P runtime (``runtime="trio"`` or ``requires_p2p=True``), whatever
+   their name: that server's P2P registration means to add exactly these.
 3. Each tool is named ``<category>.<function>``: ``dataset_tools.load_dataset``.
+
+``selection="wide"`` (opt-in) keeps the rule this project used before: when
+no function matches 1, every public function *defined in* the module is a
+tool, so a module of several functions, or one function named unlike its
+file, exposes them under their own names.
 
 Runtime (``tool_metadata_for``), the seed's runtime router's order:
 
@@ -35,7 +42,7 @@ import inspect
 import logging
 import types
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
@@ -49,7 +56,18 @@ P2P_MODULE_PATTERNS = ("mcplusplus", "trio")
 _P2P_TEXT_MARKERS = (METADATA_ATTRIBUTE, RUNTIME_ATTRIBUTE, "tool_metadata", "requires_p2p")
 
 
-def select_functions(loaded: Any, source: ModuleSource) -> list[tuple[str, Callable[..., Any]]]:
+SELECTIONS = ("original", "wide")
+Selection = Literal["original", "wide"]
+
+
+def _marked_p2p(fn: Callable[..., Any]) -> bool:
+    declared = declared_metadata(fn)
+    return declared is not None and declared.runs_on_p2p
+
+
+def select_functions(
+    loaded: Any, source: ModuleSource, selection: Selection = "original"
+) -> list[tuple[str, Callable[..., Any]]]:
     """The (tool name, function) pairs a loaded source provides, by the naming rule above."""
     if source.tool_name is not None:  # an entry point naming one function
         return [(source.tool_name, loaded)] if callable(loaded) else []
@@ -58,10 +76,13 @@ def select_functions(loaded: Any, source: ModuleSource) -> list[tuple[str, Calla
     public = sorted(
         (name, obj) for name, obj in vars(loaded).items() if not name.startswith("_") and inspect.isfunction(obj)
     )
+    own = [(name, fn) for name, fn in public if fn.__module__ == loaded.__name__]
     chosen = [(name, fn) for name, fn in public if source.stem in name]
-    if not chosen:
-        chosen = [(name, fn) for name, fn in public if fn.__module__ == loaded.__name__]
-    return [(f"{source.category}.{name}", fn) for name, fn in chosen]
+    if not chosen and selection == "wide":
+        chosen = own
+    taken = {name for name, _ in chosen}
+    chosen += [(name, fn) for name, fn in own if name not in taken and _marked_p2p(fn)]
+    return [(f"{source.category}.{name}", fn) for name, fn in sorted(chosen, key=lambda pair: pair[0])]
 
 
 def _foreign_metadata(raw: Any) -> ToolMetadata | None:

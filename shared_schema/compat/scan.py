@@ -16,6 +16,7 @@ be imported as modules anyway).  A category may carry a description in
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import keyword
 import logging
@@ -39,8 +40,10 @@ def _importable(name: str) -> bool:
 class ModuleSource:
     """One importable unit of a collection: a module file, or an installed entry point.
 
-    ``module_name`` is what the module is imported as: for a file, a name under
-    the private package ``_mcp_p2p_tools.<dir key>.<category>``, so two
+    ``module_name`` is what the module is imported as: its real dotted name
+    when its tools folder belongs to an importable package (``package``), else
+    a name under the private package ``_mcp_p2p_tools.<dir key>``, one level
+    per folder from above the tools folder down to its category, so two
     categories (or two directories) may both hold ``status.py`` without one
     replacing the other in ``sys.modules``.  ``fingerprint`` changes whenever
     the file or one of its category's sibling files changes; the schema cache
@@ -58,6 +61,9 @@ class ModuleSource:
     entry_point: EntryPoint | None = field(default=None, compare=False)
     tool_name: str | None = None
     """Set when the source is one function (an entry point naming a function): its fixed tool name."""
+    package: str | None = None
+    """The real package the module belongs to (``pkg.mcp_server.tools``) when that package is importable: the
+    module is then imported under its real name, ``module_name``, exactly as the collection's own server does."""
 
     @property
     def cache_key(self) -> str:
@@ -99,12 +105,80 @@ def _category_description(category_dir: Path) -> str:
     return description if isinstance(description, str) else ""
 
 
+def _segment(name: str) -> str:
+    return (
+        name
+        if name.isidentifier() and not keyword.iskeyword(name)
+        else "_" + hashlib.sha1(name.encode()).hexdigest()[:8]
+    )
+
+
+def package_chain(root: Path) -> list[Path]:
+    """The folders from the outermost package down to ``root`` when ``root`` is a package (has ``__init__.py``)."""
+    chain: list[Path] = []
+    folder = root
+    while (folder / "__init__.py").is_file() and folder.name.isidentifier() and not keyword.iskeyword(folder.name):
+        chain.insert(0, folder)
+        folder = folder.parent
+    return chain
+
+
+def importable_package(chain: list[Path]) -> str | None:
+    """The dotted name of ``chain``'s last folder if Python would import it from that very folder, else None.
+
+    Only the top-level name is looked up, which reads ``sys.path`` and runs no package code.
+    """
+    if not chain:
+        return None
+    try:
+        spec = importlib.util.find_spec(chain[0].name)
+    except (ImportError, ValueError):
+        return None
+    locations = list(spec.submodule_search_locations or ()) if spec is not None else []
+    if not any(Path(location).resolve() == chain[0] for location in locations):
+        return None
+    return ".".join(folder.name for folder in chain)
+
+
+def _context_key(folders: list[Path]) -> str:
+    """Sizes and mtimes of the modules beside the collection (what parent-relative imports reach)."""
+    parts = []
+    for folder in folders:
+        try:
+            files = sorted(p for p in folder.iterdir() if p.suffix == ".py" and p.is_file())
+        except OSError:
+            continue
+        parts.extend(f"{p}={_stat_key(p)}" for p in files)
+    return hashlib.sha1("|".join(parts).encode()).hexdigest()[:12]
+
+
 def scan_tool_dir(directory: Path, result: ScanResult | None = None) -> ScanResult:
-    """List the modules of one collection directory (sorted by category, then module)."""
+    """List the modules of one collection directory (sorted by category, then module).
+
+    When the tools folder is a package inside a package Python can import
+    (``pkg/mcp_server/tools`` with ``pkg`` on ``sys.path``), its modules are
+    imported under their real names, so ``from ...trio_bridge import x``
+    reaches ``pkg/mcp_server/trio_bridge.py`` as it does in the collection's
+    own server.  Otherwise each module gets a private name below synthetic
+    packages for its category, the tools folder and the folders above it (the
+    package chain, or at least the tools folder's parent), so parent-relative
+    imports still find the files beside the collection while every category
+    keeps its own namespace.
+    """
     result = result or ScanResult()
     root = collection_root(directory).resolve()
     dir_key = "d" + hashlib.sha1(str(root).encode()).hexdigest()[:10]
-    root_package = f"{PRIVATE_ROOT}.{dir_key}"
+    chain = package_chain(root)
+    real_package = importable_package(chain)
+    levels = chain if len(chain) >= 2 else [root.parent, root]
+    package_dirs: list[tuple[str, Path]] = []
+    name = f"{PRIVATE_ROOT}.{dir_key}"
+    for index, folder in enumerate(levels):
+        if index:
+            name = f"{name}.{_segment(folder.name)}"
+        package_dirs.append((name, folder))
+    root_package = real_package or name
+    context = _context_key(levels)
     for category_dir in sorted(root.iterdir()):
         if not category_dir.is_dir() or category_dir.name.startswith(("_", ".")):
             continue
@@ -132,9 +206,10 @@ def scan_tool_dir(directory: Path, result: ScanResult | None = None) -> ScanResu
                     stem=stem,
                     label=f"{root.name}/{category}/{path.name}",
                     module_name=f"{package}.{stem}",
-                    fingerprint=f"{_stat_key(path)}/{siblings}",
+                    fingerprint=f"{_stat_key(path)}/{siblings}/{context}",
                     path=path,
-                    package_dirs=((root_package, root), (package, category_dir)),
+                    package_dirs=() if real_package else (*package_dirs, (package, category_dir)),
+                    package=real_package,
                 )
             )
         if found and category not in result.categories:
