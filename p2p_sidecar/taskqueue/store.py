@@ -30,19 +30,21 @@ Status decisions come from ``model`` (pure); this module only persists them.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
 import sqlite3
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from p2p_sidecar.errors import StartupError
 from p2p_sidecar.taskqueue import model
 from p2p_sidecar.taskqueue.errors import Conflict, NotFound, StorageError
-from p2p_sidecar.taskqueue.model import LeaseAnswer, RetryPolicy, TaskStatus, Verdict
+from p2p_sidecar.taskqueue.model import LeaseAnswer, RetryPolicy, TaskState, TaskStatus, Verdict
 from p2p_sidecar.taskqueue.records import (
     Ended,
     EndedHook,
@@ -76,6 +78,58 @@ def storage_error(path: Path | None, exc: sqlite3.Error) -> StorageError:
     return StorageError(f"the task queue cannot use its database: {why}; nothing was changed, retry later")
 
 
+@functools.lru_cache(maxsize=256)
+def _policy(text: str) -> RetryPolicy:
+    """Stored retry policies, decoded once each: most tasks share a handful (frozen, so sharing is safe)."""
+    return RetryPolicy(**json.loads(text))
+
+
+_LEASE_COLUMNS = "seq, task_id, task_type, status, placement, retry_policy, attempt, failures, worker, worker_peer, "
+_LEASE_COLUMNS += "workflow_id, step_id"
+
+
+@dataclass(frozen=True, slots=True)
+class _Held:
+    """What recording an attempt's outcome needs of a task: read by the hot paths instead of a whole record."""
+
+    seq: int
+    task_id: str
+    task_type: str
+    status: TaskStatus
+    placement: Placement
+    policy: RetryPolicy
+    attempt: int
+    failures: int
+    worker: str | None
+    worker_peer: str | None
+    workflow_id: str | None
+    step_id: str | None
+
+    @property
+    def state(self) -> TaskState:
+        return TaskState(self.status, self.attempt, self.failures, self.policy)
+
+    @classmethod
+    def of(cls, row: sqlite3.Row) -> _Held:
+        return cls(
+            row["seq"],
+            row["task_id"],
+            row["task_type"],
+            TaskStatus(row["status"]),
+            Placement.from_column(row["placement"]),
+            _policy(row["retry_policy"]),
+            row["attempt"],
+            row["failures"],
+            row["worker"],
+            row["worker_peer"],
+            row["workflow_id"],
+            row["step_id"],
+        )
+
+
+Leased = TaskRecord | _Held
+
+
 def _record(row: sqlite3.Row) -> TaskRecord:
     """The one place a ``tasks`` row is decoded."""
     return TaskRecord(
@@ -85,7 +139,7 @@ def _record(row: sqlite3.Row) -> TaskRecord:
         status=TaskStatus(row["status"]),
         priority=float(row["priority"]),
         placement=Placement.from_column(row["placement"]),
-        policy=RetryPolicy(**json.loads(row["retry_policy"])),
+        policy=_policy(row["retry_policy"]),
         timeout_s=float(row["timeout_s"]),
         attempt=row["attempt"],
         failures=row["failures"],
@@ -413,7 +467,7 @@ class TaskStore:
     def _log(self, seq: int, now: float, line: str) -> None:
         self.db.execute("INSERT INTO task_log (task_seq, at, line) VALUES (?, ?, ?)", (seq, now, line))
 
-    def _ended(self, record: TaskRecord, status: TaskStatus) -> None:
+    def _ended(self, record: Leased, status: TaskStatus) -> None:
         self._pending_ended.append(Ended(record.task_id, status, record.workflow_id, record.step_id))
 
     def insert(self, task: NewTask, now: float) -> tuple[TaskRecord, bool]:
@@ -426,15 +480,16 @@ class TaskStore:
             if self.get(task.task_id) is not None:
                 raise Conflict(f"a task with id {task.task_id!r} already exists (with another idempotency key)")
             placement = task.placement.to_column()
-            row = self.db.execute(
+            payload = dumps(task.payload)
+            cursor = self.db.execute(
                 "INSERT INTO tasks (task_id, idem_key, task_type, payload, priority, status, placement, tags, "
                 "metadata, retry_policy, timeout_s, workflow_id, step_id, created_at) "
-                "VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
+                "VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     task.task_id,
                     task.idem_key,
                     task.task_type,
-                    dumps(task.payload),
+                    payload,
                     task.priority,
                     placement,
                     dumps(list(task.tags)),
@@ -445,10 +500,31 @@ class TaskStore:
                     task.step_id,
                     now,
                 ),
-            ).fetchone()
+            )
             self._moved(None, TaskStatus.QUEUED)
             self._queued(task.task_type, placement, 0.0, 1)
-        return _record(row), True
+        # The record as stored, built from what was written (no read back): the insert is the hot path of submit.
+        record = TaskRecord(
+            seq=cursor.lastrowid or 0,
+            task_id=task.task_id,
+            task_type=task.task_type,
+            status=TaskStatus.QUEUED,
+            priority=task.priority,
+            placement=task.placement,
+            policy=task.policy,
+            timeout_s=task.timeout_s,
+            attempt=0,
+            failures=0,
+            not_before=0.0,
+            created_at=now,
+            payload_json=payload,
+            idem_key=task.idem_key,
+            tags=tuple(task.tags),
+            metadata=dict(task.metadata or {}),
+            workflow_id=task.workflow_id,
+            step_id=task.step_id,
+        )
+        return record, True
 
     # -- writing: leases ----------------------------------------------------------------------------------------
     def claim(
@@ -574,7 +650,9 @@ class TaskStore:
         with self.transaction():
             self.advance_backoffs(now)
             for report in reports:
-                record = self.get(report.task_id)
+                row = self.db.execute(f"SELECT {_LEASE_COLUMNS} FROM tasks WHERE task_id = ?", (report.task_id,))
+                found = row.fetchone()
+                record = None if found is None else _Held.of(found)
                 if record is None:
                     verdicts.append(Verdict.REJECTED)
                     continue
@@ -606,11 +684,11 @@ class TaskStore:
                 verdicts.append(Verdict.RECORDED)
         return verdicts
 
-    def _left_running(self, record: TaskRecord, new: TaskStatus) -> None:
+    def _left_running(self, record: Leased, new: TaskStatus) -> None:
         self._moved(TaskStatus.RUNNING, new)
         self._pending_leases[record.worker_peer] -= 1
 
-    def _record_result(self, record: TaskRecord, encoded: str, now: float) -> None:
+    def _record_result(self, record: Leased, encoded: str, now: float) -> None:
         model.complete(record.state)
         self.db.execute(
             "UPDATE tasks SET status = 'completed', result = ?, finished_at = ?, lease_expires = NULL WHERE seq = ?",
@@ -620,7 +698,7 @@ class TaskStore:
         self._ended(record, TaskStatus.COMPLETED)
 
     def _apply_failure(
-        self, record: TaskRecord, now: float, *, message: str, code: str, retryable: bool, lost: bool
+        self, record: Leased, now: float, *, message: str, code: str, retryable: bool, lost: bool
     ) -> model.Outcome:
         outcome = model.fail(record.state, message=message, code=code, retryable=retryable, lost=lost)
         who = record.worker_peer or "this node"
@@ -656,12 +734,13 @@ class TaskStore:
         with self.transaction():
             for task_id, attempt in leases:
                 row = self.db.execute(
-                    f"SELECT * FROM tasks WHERE task_id = ? AND attempt = ? AND status = 'running' AND {peer_clause}",
+                    f"SELECT {_LEASE_COLUMNS} FROM tasks WHERE task_id = ? AND attempt = ? AND status = 'running' "
+                    f"AND {peer_clause}",
                     (task_id, attempt, peer),
                 ).fetchone()
                 if row is None:
                     continue
-                record = _record(row)
+                record = _Held.of(row)
                 outcome = model.release(record.state)
                 self.db.execute(
                     "UPDATE tasks SET status = 'queued', not_before = 0, worker = NULL, worker_peer = NULL, "
@@ -676,19 +755,20 @@ class TaskStore:
 
     def expire_leases(self, now: float) -> int:
         """Leases not renewed in time: their workers are presumed dead; each attempt counts as failed."""
-        rows = self.db.execute("SELECT * FROM tasks WHERE status = 'running' AND lease_expires < ?", (now,)).fetchall()
-        return self._lose([_record(row) for row in rows], now, "lease expired (worker stopped heartbeating)")
+        sql = f"SELECT {_LEASE_COLUMNS} FROM tasks WHERE status = 'running' AND lease_expires < ?"
+        rows = self.db.execute(sql, (now,)).fetchall()
+        return self._lose([_Held.of(row) for row in rows], now, "lease expired (worker stopped heartbeating)")
 
     def lose_leases_of(self, peer: str | None, *, boot_not: str, now: float, why: str) -> int:
         """Leases held by an earlier run of a worker process (``peer`` None: this node's own)."""
         peer_clause = "worker_peer IS ?" if peer is None else "worker_peer = ?"
         rows = self.db.execute(
-            f"SELECT * FROM tasks WHERE status = 'running' AND {peer_clause} AND lease_boot IS NOT ?",
+            f"SELECT {_LEASE_COLUMNS} FROM tasks WHERE status = 'running' AND {peer_clause} AND lease_boot IS NOT ?",
             (peer, boot_not),
         ).fetchall()
-        return self._lose([_record(row) for row in rows], now, why)
+        return self._lose([_Held.of(row) for row in rows], now, why)
 
-    def _lose(self, records: list[TaskRecord], now: float, why: str) -> int:
+    def _lose(self, records: list[_Held], now: float, why: str) -> int:
         if not records:
             return 0
         with self.transaction():
