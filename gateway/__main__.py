@@ -3,61 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
-import signal
-import socket
 import sys
-import threading
-from collections.abc import Callable, Iterator
-from types import FrameType
 from typing import Any
 
 import uvicorn
 from pydantic import ValidationError
 
+from gateway.listeners import ListenError, bind_tcp
 from gateway.settings import GatewaySettings
-from shared_schema import sd_notify
 from shared_schema.settings_types import describe_settings_error
 
-
-class _Server(uvicorn.Server):
-    """Uvicorn, except that a requested stop (SIGTERM/SIGINT) ends in exit code 0.
-
-    Uvicorn re-raises the captured signal after its graceful shutdown, so the
-    process would die "by SIGTERM"; supervisors and systemd read that as a
-    failure.  Here the same handlers run, and the signal is not re-raised.
-    ``on_exit`` runs first, so readiness drops the moment the signal arrives.
-    """
-
-    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
-        super().__init__(config)
-        self._on_exit = on_exit
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        self._on_exit()
-        super().handle_exit(sig, frame)
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets=sockets)
-        if self.started:  # listening, lifespan done: tell systemd (Type=notify) we are up
-            sd_notify.notify("READY=1", f"STATUS=serving HTTP on {self.config.host}:{self.config.port}")
-
-    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        sd_notify.notify("STOPPING=1", "STATUS=draining")
-        await super().shutdown(sockets=sockets)
+LISTEN_BACKLOG = 2048
+"""Connections the kernel queues for the gateway to accept (uvicorn's default; capped by net.core.somaxconn)."""
 
 
 def parse_args(argv: list[str] | None) -> dict[str, Any]:
@@ -102,6 +60,11 @@ def main(argv: list[str] | None = None) -> None:
     if settings.log_level != "debug":
         # The MCP SDK logs every session it opens and closes at INFO: one line per agent connection.
         logging.getLogger("mcp.server").setLevel(logging.WARNING)
+    try:  # before the slow part: a port in use says so at once
+        sockets = bind_tcp(settings.host, settings.port, backlog=LISTEN_BACKLOG)
+    except ListenError as exc:
+        print(f"gateway cannot start: {exc} (GATEWAY_HOST, GATEWAY_PORT)", file=sys.stderr)
+        raise SystemExit(1) from None
     # after logging is set up: importing the app is the slow part
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
@@ -109,6 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     from gateway.http_limits import guarded_http_protocol
     from gateway.lifecycle import hold_event_streams
     from gateway.oauth import OAuthConfigError
+    from gateway.server import GatewayServer, Listener
     from shared_schema.curve import CurveKeyError
 
     try:
@@ -137,10 +101,11 @@ def main(argv: list[str] | None = None) -> None:
         timeout_keep_alive=settings.keep_alive_timeout,  # type: ignore[arg-type]  # a float works: call_later
         limit_concurrency=settings.max_connections,
         h11_max_incomplete_event_size=settings.max_header_bytes,
+        backlog=LISTEN_BACKLOG,
         log_config=None,
     )
     hold_event_streams()  # SIGTERM drains calls first; Gateway.drain ends the event streams after
-    server = _Server(config, on_exit=gateway.begin_shutdown)
+    server = GatewayServer(config, [Listener(sock) for sock in sockets], on_exit=gateway.begin_shutdown)
     server.run()
     if not server.started:
         raise SystemExit(1)
