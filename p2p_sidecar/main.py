@@ -82,7 +82,7 @@ class Sidecar:
             settings,
             NodeMetrics(self.metrics.registry),
             gateway_tools=self._gateway_tools,
-            gateway_connected=lambda: self.bridge.pick_gateway() is not None,
+            gateway_connected=lambda: bool(self.bridge.gateways),
             call_gateway=lambda tool, args, timeout: self.bridge.call_gateway(tool, args, timeout=timeout),
         )
         register_service_tools(self.catalog, status=self.status, peers=self._peers)
@@ -105,8 +105,7 @@ class Sidecar:
         return queue
 
     def _gateway_tools(self) -> list[str]:
-        link = self.bridge.pick_gateway()
-        return link.local_tools if link is not None else []
+        return self.bridge.local_tools()
 
     def _peers(self, limit: int) -> list[dict[str, Any]]:
         return [record.summary() for record in self.node.table.select(sort_by="last_seen")[:limit]]
