@@ -1,10 +1,20 @@
-"""``python -m gateway``: run the gateway alone (``make run`` starts it beside the sidecar)."""
+"""``python -m gateway``: run the gateway alone (``make run`` starts it beside the sidecar).
+
+One process serves the port, or with ``GATEWAY_WORKERS`` (``--workers``) above
+1 this process becomes the parent of that many worker processes
+(``gateway/workers.py``), each started as ``python -m gateway`` again with the
+hidden options that hand it its sockets.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import socket
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -18,7 +28,18 @@ LISTEN_BACKLOG = 2048
 """Connections the kernel queues for the gateway to accept (uvicorn's default; capped by net.core.somaxconn)."""
 
 
-def parse_args(argv: list[str] | None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class WorkerArgs:
+    """What the parent of a worker pool (gateway/workers.py) tells each worker it starts."""
+
+    index: int
+    directory: Path
+    listen_fds: list[int]
+    private_fd: int
+    ready_fd: int
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m gateway",
         description="MCP tool gateway: /mcp (Streamable HTTP), the REST face, and the bridge to the P2P sidecar. "
@@ -26,14 +47,26 @@ def parse_args(argv: list[str] | None) -> dict[str, Any]:
     )
     parser.add_argument("--host", help="bind address (GATEWAY_HOST, default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="HTTP port (GATEWAY_PORT, default 8000)")
+    parser.add_argument("--workers", type=int, help="gateway processes on the port (GATEWAY_WORKERS, default 1)")
     parser.add_argument("--bridge-endpoint", help="sidecar endpoint, tcp:// or ipc:// (GATEWAY_BRIDGE_ENDPOINT)")
     parser.add_argument("--no-bridge", action="store_true", help="run without a sidecar (GATEWAY_BRIDGE_ENABLED=false)")
     parser.add_argument("--tool-dirs", help="comma-separated tool directories (GATEWAY_TOOL_DIRS)")
     parser.add_argument("--log-level", help="critical, error, warning, info or debug (GATEWAY_LOG_LEVEL)")
-    args = parser.parse_args(argv)
+    # Set by the parent of a worker pool for the workers it starts; not for people.
+    for option in ("--worker-index", "--worker-dir", "--listen-fds", "--private-fd", "--ready-fd"):
+        parser.add_argument(option, help=argparse.SUPPRESS)
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> dict[str, Any]:
+    return _overrides(_parser().parse_args(argv))
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     overrides: dict[str, Any] = {
         "host": args.host,
         "port": args.port,
+        "workers": args.workers,
         "bridge_endpoint": args.bridge_endpoint,
         "tool_dirs": args.tool_dirs,
         "log_level": args.log_level,
@@ -43,8 +76,23 @@ def parse_args(argv: list[str] | None) -> dict[str, Any]:
     return {key: value for key, value in overrides.items() if value is not None}
 
 
+def _worker_args(args: argparse.Namespace) -> WorkerArgs | None:
+    if args.worker_index is None:
+        return None
+    return WorkerArgs(
+        index=int(args.worker_index),
+        directory=Path(args.worker_dir),
+        listen_fds=[int(fd) for fd in args.listen_fds.split(",")],
+        private_fd=int(args.private_fd),
+        ready_fd=int(args.ready_fd),
+    )
+
+
 def load_settings(argv: list[str] | None = None) -> GatewaySettings:
-    overrides = parse_args(argv)
+    return _settings(parse_args(argv))
+
+
+def _settings(overrides: dict[str, Any]) -> GatewaySettings:
     try:
         return GatewaySettings(**overrides)
     except ValidationError as exc:
@@ -53,19 +101,35 @@ def load_settings(argv: list[str] | None = None) -> GatewaySettings:
 
 
 def main(argv: list[str] | None = None) -> None:
-    settings = load_settings(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = _parser().parse_args(argv)
+    settings = _settings(_overrides(args))
+    worker = _worker_args(args)
+    name = "gateway" if worker is None else f"gateway[{worker.index}]"
     logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s gateway %(name)s: %(message)s"
+        level=settings.log_level.upper(), format=f"%(asctime)s %(levelname)s {name} %(name)s: %(message)s"
     )
     if settings.log_level != "debug":
         # The MCP SDK logs every session it opens and closes at INFO: one line per agent connection.
         logging.getLogger("mcp.server").setLevel(logging.WARNING)
-    try:  # before the slow part: a port in use says so at once
-        sockets = bind_tcp(settings.host, settings.port, backlog=LISTEN_BACKLOG)
-    except ListenError as exc:
-        print(f"gateway cannot start: {exc} (GATEWAY_HOST, GATEWAY_PORT)", file=sys.stderr)
-        raise SystemExit(1) from None
-    # after logging is set up: importing the app is the slow part
+    if worker is None and settings.workers > 1:
+        from gateway.workers import run_pool
+
+        raise SystemExit(run_pool(settings, argv, backlog=LISTEN_BACKLOG))
+    if worker is None:
+        try:  # before the slow part: a port in use says so at once
+            sockets = bind_tcp(settings.host, settings.port, backlog=LISTEN_BACKLOG)
+        except ListenError as exc:
+            print(f"gateway cannot start: {exc} (GATEWAY_HOST, GATEWAY_PORT)", file=sys.stderr)
+            raise SystemExit(1) from None
+    else:
+        sockets = [socket.socket(fileno=fd) for fd in worker.listen_fds]
+    serve(settings, sockets, worker)
+
+
+def serve(settings: GatewaySettings, sockets: list[socket.socket], worker: WorkerArgs | None) -> None:
+    """Build the app and serve it on ``sockets`` (plus, for a worker, its private socket) until stopped."""
+    # importing the app is the slow part
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
     from gateway.app import Gateway, create_app
@@ -73,10 +137,12 @@ def main(argv: list[str] | None = None) -> None:
     from gateway.lifecycle import hold_event_streams
     from gateway.oauth import OAuthConfigError
     from gateway.server import GatewayServer, Listener
+    from gateway.worker_links import RELAYED, WorkerPlace
     from shared_schema.curve import CurveKeyError
 
+    place = None if worker is None else WorkerPlace(worker.index, settings.workers, worker.directory)
     try:
-        gateway = Gateway(settings)
+        gateway = Gateway(settings, place)
         app = create_app(settings, gateway)
     except (OAuthConfigError, CurveKeyError) as exc:
         print(f"gateway cannot start: {exc}", file=sys.stderr)
@@ -104,8 +170,17 @@ def main(argv: list[str] | None = None) -> None:
         backlog=LISTEN_BACKLOG,
         log_config=None,
     )
+    listeners = [Listener(sock) for sock in sockets]
+    on_serving = None
+    if worker is not None:
+        listeners.append(Listener(socket.socket(fileno=worker.private_fd), {RELAYED: True}))
+        ready_fd = worker.ready_fd
+
+        def on_serving() -> None:  # tell the pool's parent; it tells systemd once every worker serves
+            os.write(ready_fd, f"{worker.index}\n".encode())
+
     hold_event_streams()  # SIGTERM drains calls first; Gateway.drain ends the event streams after
-    server = GatewayServer(config, [Listener(sock) for sock in sockets], on_exit=gateway.begin_shutdown)
+    server = GatewayServer(config, listeners, on_exit=gateway.begin_shutdown, on_serving=on_serving)
     server.run()
     if not server.started:
         raise SystemExit(1)
