@@ -34,7 +34,9 @@ from p2p_sidecar.metrics import SidecarMetrics
 from p2p_sidecar.node.host import Node
 from p2p_sidecar.node.metrics import NodeMetrics
 from p2p_sidecar.settings import SidecarSettings
+from p2p_sidecar.task_tracing import traced_executors
 from p2p_sidecar.taskqueue import QueueService, TaskStore, register_queue_tools
+from p2p_sidecar.taskqueue.executors import ExecutorRegistry
 from p2p_sidecar.taskqueue.peer_rpc import NodePeerRpc
 from p2p_sidecar.tools import ToolCatalog
 from p2p_sidecar.tools.bootstrap import register_bootstrap_tools
@@ -77,6 +79,7 @@ class Sidecar:
         self.admin = AdminServer(settings, self.metrics, self.health)
         self.ready = False
         self.queue: QueueService | None = None
+        self.workflows: WorkflowEngine | None = None
         self.node = Node(
             settings,
             NodeMetrics(self.metrics.registry),
@@ -95,12 +98,14 @@ class Sidecar:
             self.settings,
             store,
             rpc=NodePeerRpc(self.node),
+            executors=traced_executors(ExecutorRegistry.discover(self.settings.worker_task_types)),
             call_gateway=self.bridge.call_gateway,
             local_tools=CatalogTools(self.catalog),
             on_limit=lambda limit: self.metrics.limit_rejections.labels(limit).inc(),
         )
         register_queue_tools(self.catalog, queue)
-        register_workflow_tools(self.catalog, WorkflowEngine(queue))
+        self.workflows = WorkflowEngine(queue)
+        register_workflow_tools(self.catalog, self.workflows)
         return queue
 
     def _gateway_tools(self) -> list[str]:
