@@ -10,7 +10,7 @@ TEST_WORKERS ?= 2
 
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: setup run test lint format clean bench loadtest deploy-tools test-deploy
+.PHONY: setup run test lint format clean bench loadtest deploy-tools browser test-deploy
 
 setup: $(STAMP)
 
@@ -24,12 +24,16 @@ $(STAMP): pyproject.toml scripts/ensure-build-deps.sh
 run: setup
 	$(BIN)/python -m supervisor
 
-test: setup lint deploy-tools
+test: setup lint deploy-tools browser
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # systemd-analyze, for the unit checks in tests/test_deploy_files.py.
 deploy-tools:
 	@deploy/scripts/ensure-systemd-analyze.sh
+
+# Debian's chromium for the dashboard's browser test (Playwright, from .[dev], drives it; it downloads nothing).
+browser:
+	@scripts/ensure-chromium.sh
 
 # Real containers: the image, the Kubernetes pod (podman kube play), the compose file
 # (podman-compose) and the systemd units' commands, each with an MCP call. See deploy/README.md.

@@ -29,6 +29,7 @@ import trio
 from p2p_sidecar import __version__
 from p2p_sidecar.admin import AdminServer
 from p2p_sidecar.bridge_server import BridgeServer
+from p2p_sidecar.dashboard import DashboardData
 from p2p_sidecar.errors import StartupError
 from p2p_sidecar.metrics import SidecarMetrics
 from p2p_sidecar.node.host import Node
@@ -76,7 +77,6 @@ class Sidecar:
         self.metrics = SidecarMetrics()
         self.catalog = ToolCatalog()
         self.bridge = BridgeServer(settings, self.catalog, self.metrics, node_info=self.node_summary)
-        self.admin = AdminServer(settings, self.metrics, self.health)
         self.ready = False
         self.queue: QueueService | None = None
         self.workflows: WorkflowEngine | None = None
@@ -91,6 +91,8 @@ class Sidecar:
         register_peer_tools(self.catalog, self.node)
         register_bootstrap_tools(self.catalog, self.node)
         register_remote_tools(self.catalog, self.node)
+        self.dashboard = DashboardData(self)
+        self.admin = AdminServer(settings, self.metrics, self.health, self.dashboard.snapshot)
 
     def _build_queue(self, store: TaskStore) -> QueueService:
         """The queue, its workflows and their tools, around an open store; advertises the task types it runs."""
