@@ -106,6 +106,7 @@ class Sidecar:
             on_limit=lambda limit: self.metrics.limit_rejections.labels(limit).inc(),
         )
         register_queue_tools(self.catalog, queue)
+        self.metrics.bind_queue(queue)
         self.workflows = WorkflowEngine(queue)
         register_workflow_tools(self.catalog, self.workflows)
         return queue
