@@ -26,6 +26,7 @@ from bench import (
     seed_style,
     taskqueue_local,
     taskqueue_network,
+    taskqueue_spread,
 )
 from bench.loadgen import ensure_wrk, process_cpu_seconds, rss_mb
 from bench.machine import describe
@@ -106,6 +107,8 @@ def main() -> None:
             samples=40 if args.quick else 150,
             warmup=10 if args.quick else 30,
         )
+        (tmp / "spread").mkdir()
+        results["queue_spread"] = taskqueue_spread.run(tmp / "spread", repeats=1 if args.quick else 3)
     results["remote_call"] = remote_call.run(calls=200 if args.quick else 1000, warmup=50 if args.quick else 100)
     results["collection"] = collection_startup.run(runs=1 if args.quick else 3, warm=3 if args.quick else 10)
     results["elapsed_s"] = time.monotonic() - t0

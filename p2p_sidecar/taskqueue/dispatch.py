@@ -36,8 +36,10 @@ from p2p_sidecar.taskqueue.protocol import Hint
 from p2p_sidecar.taskqueue.records import Placement, PlacementKind
 
 REFRESH_S = 1.0
-ENGAGED_S = 10.0
-"""How long a peer that said it is full keeps the owner's hint; workers keep hints for ``HINT_TTL_S`` (30 s)."""
+ENGAGED_S = 2.0
+"""How long a peer that said it is full is left to pull by itself before it is told again.  Short, because a
+peer that restarted meanwhile lost the hint (its new process knows of no owner), and nothing else tells the
+owner so; the cost is one hint per full peer every two seconds while work overflows."""
 DEFAULT_CREDIT = 8
 """Free slots assumed for a peer that never said: the default ``SIDECAR_WORKER_CONCURRENCY``."""
 

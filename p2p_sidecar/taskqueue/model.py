@@ -20,7 +20,7 @@ Two counters matter and are kept apart on purpose:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -102,7 +102,13 @@ class RetryPolicy:
         return min(self.backoff_s * self.multiplier**exponent, self.max_backoff_s)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # by hand rather than dataclasses.asdict, which deep-copies: this runs for every task stored and shown
+        return {
+            "max_attempts": self.max_attempts,
+            "backoff_s": self.backoff_s,
+            "multiplier": self.multiplier,
+            "max_backoff_s": self.max_backoff_s,
+        }
 
     @classmethod
     def parse(cls, raw: Any, base: RetryPolicy | None = None) -> RetryPolicy:

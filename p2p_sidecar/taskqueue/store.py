@@ -30,20 +30,21 @@ Status decisions come from ``model`` (pure); this module only persists them.
 from __future__ import annotations
 
 import contextlib
-import fcntl
+import functools
 import json
 import logging
 import os
 import sqlite3
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from p2p_sidecar.errors import StartupError
 from p2p_sidecar.taskqueue import model
 from p2p_sidecar.taskqueue.errors import Conflict, NotFound, StorageError
-from p2p_sidecar.taskqueue.model import LeaseAnswer, RetryPolicy, TaskStatus, Verdict
+from p2p_sidecar.taskqueue.model import LeaseAnswer, RetryPolicy, TaskState, TaskStatus, Verdict
 from p2p_sidecar.taskqueue.records import (
     Ended,
     EndedHook,
@@ -55,96 +56,12 @@ from p2p_sidecar.taskqueue.records import (
     TaskRecord,
     dumps,
 )
+from p2p_sidecar.taskqueue.schema import SyncMode, open_database
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "2"
-SyncMode = Literal["normal", "full"]
 DemandKey = tuple[str, str | None]
 """(task type, placement column): how claimable work is counted."""
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS tasks (
-    seq INTEGER PRIMARY KEY,
-    task_id TEXT NOT NULL UNIQUE,
-    idem_key TEXT UNIQUE,
-    task_type TEXT NOT NULL,
-    payload TEXT NOT NULL,
-    priority REAL NOT NULL,
-    status TEXT NOT NULL,
-    placement TEXT,
-    tags TEXT NOT NULL DEFAULT '[]',
-    metadata TEXT NOT NULL DEFAULT '{}',
-    retry_policy TEXT NOT NULL,
-    timeout_s REAL NOT NULL,
-    attempt INTEGER NOT NULL DEFAULT 0,
-    failures INTEGER NOT NULL DEFAULT 0,
-    not_before REAL NOT NULL DEFAULT 0,
-    worker TEXT,
-    worker_peer TEXT,
-    lease_boot TEXT,
-    lease_expires REAL,
-    workflow_id TEXT,
-    step_id TEXT,
-    created_at REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL,
-    result TEXT,
-    error TEXT,
-    progress TEXT
-);
-CREATE INDEX IF NOT EXISTS tasks_queue ON tasks(priority DESC, seq) WHERE status = 'queued';
-CREATE INDEX IF NOT EXISTS tasks_leases ON tasks(lease_expires) WHERE status = 'running';
-CREATE INDEX IF NOT EXISTS tasks_workflow ON tasks(workflow_id) WHERE workflow_id IS NOT NULL;
-CREATE TABLE IF NOT EXISTS task_log (task_seq INTEGER NOT NULL, at REAL NOT NULL, line TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS task_log_by_task ON task_log(task_seq);
-CREATE TABLE IF NOT EXISTS workers (worker_id TEXT PRIMARY KEY, spec TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS workflows (
-    seq INTEGER PRIMARY KEY,
-    workflow_id TEXT NOT NULL UNIQUE,
-    name TEXT NOT NULL,
-    status TEXT NOT NULL,
-    priority REAL,
-    tags TEXT NOT NULL DEFAULT '[]',
-    metadata TEXT NOT NULL DEFAULT '{}',
-    created_at REAL NOT NULL,
-    finished_at REAL,
-    error TEXT
-);
-CREATE INDEX IF NOT EXISTS workflows_running ON workflows(status) WHERE status = 'running';
-CREATE TABLE IF NOT EXISTS workflow_steps (
-    workflow_id TEXT NOT NULL,
-    position INTEGER NOT NULL,
-    step_id TEXT NOT NULL,
-    spec TEXT NOT NULL,
-    depends_on TEXT NOT NULL,
-    task_id TEXT,
-    status TEXT NOT NULL,
-    PRIMARY KEY (workflow_id, step_id)
-);
-"""
-
-_MIGRATIONS: dict[str, str] = {
-    # version 1 -> 2: executors' progress on the task; the workflow tables (created by the engine until then)
-    # are part of the schema and come from _SCHEMA above.
-    "1": "ALTER TABLE tasks ADD COLUMN progress TEXT",
-}
-"""Each entry upgrades a database from the version it names to the next one, inside one transaction."""
-
-
-def _open_failure(path: Path, exc: sqlite3.Error) -> str:
-    """The start-up error for a database that cannot be opened; the file is never replaced or repaired here."""
-    text = str(exc)
-    if "locked" in text or "busy" in text:
-        return f"the queue database {path} is locked by another process ({text}); stop it and start again"
-    corrupt = isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError)
-    if corrupt or "not a database" in text or "malformed" in text:
-        return (
-            f"the queue database {path} is not a usable SQLite database ({text}); it was left untouched: "
-            "restore it from a backup or move it away to start with an empty queue"
-        )
-    return f"cannot open the queue database {path}: {text}"
 
 
 def storage_error(path: Path | None, exc: sqlite3.Error) -> StorageError:
@@ -161,6 +78,58 @@ def storage_error(path: Path | None, exc: sqlite3.Error) -> StorageError:
     return StorageError(f"the task queue cannot use its database: {why}; nothing was changed, retry later")
 
 
+@functools.lru_cache(maxsize=256)
+def _policy(text: str) -> RetryPolicy:
+    """Stored retry policies, decoded once each: most tasks share a handful (frozen, so sharing is safe)."""
+    return RetryPolicy(**json.loads(text))
+
+
+_LEASE_COLUMNS = "seq, task_id, task_type, status, placement, retry_policy, attempt, failures, worker, worker_peer, "
+_LEASE_COLUMNS += "workflow_id, step_id"
+
+
+@dataclass(frozen=True, slots=True)
+class _Held:
+    """What recording an attempt's outcome needs of a task: read by the hot paths instead of a whole record."""
+
+    seq: int
+    task_id: str
+    task_type: str
+    status: TaskStatus
+    placement: Placement
+    policy: RetryPolicy
+    attempt: int
+    failures: int
+    worker: str | None
+    worker_peer: str | None
+    workflow_id: str | None
+    step_id: str | None
+
+    @property
+    def state(self) -> TaskState:
+        return TaskState(self.status, self.attempt, self.failures, self.policy)
+
+    @classmethod
+    def of(cls, row: sqlite3.Row) -> _Held:
+        return cls(
+            row["seq"],
+            row["task_id"],
+            row["task_type"],
+            TaskStatus(row["status"]),
+            Placement.from_column(row["placement"]),
+            _policy(row["retry_policy"]),
+            row["attempt"],
+            row["failures"],
+            row["worker"],
+            row["worker_peer"],
+            row["workflow_id"],
+            row["step_id"],
+        )
+
+
+Leased = TaskRecord | _Held
+
+
 def _record(row: sqlite3.Row) -> TaskRecord:
     """The one place a ``tasks`` row is decoded."""
     return TaskRecord(
@@ -170,7 +139,7 @@ def _record(row: sqlite3.Row) -> TaskRecord:
         status=TaskStatus(row["status"]),
         priority=float(row["priority"]),
         placement=Placement.from_column(row["placement"]),
-        policy=RetryPolicy(**json.loads(row["retry_policy"])),
+        policy=_policy(row["retry_policy"]),
         timeout_s=float(row["timeout_s"]),
         attempt=row["attempt"],
         failures=row["failures"],
@@ -201,20 +170,6 @@ def _progress(raw: str | None) -> Progress | None:
     return Progress(value.get("message"), value.get("done"), value.get("total"), value.get("at", 0.0))
 
 
-def _lock(path: Path) -> int:
-    """One process per database: a second sidecar on the same data dir would corrupt the leases."""
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    except OSError as exc:
-        raise StartupError(f"cannot open {path}: {exc.strerror}") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        raise StartupError(f"another sidecar is using this data directory ({path} is locked)") from None
-    return fd
-
-
 class TaskStore:
     """Open with ``TaskStore.open(...)`` (a context manager that closes it); the constructor does no I/O."""
 
@@ -243,32 +198,14 @@ class TaskStore:
     @classmethod
     def open(cls, path: Path, *, sync: SyncMode = "normal", max_result_bytes: int = 1 << 20) -> TaskStore:
         """Open (or create) the database, check it, migrate it; raise ``StartupError`` with one clear line."""
-        lock_fd = _lock(path.with_suffix(".lock"))
-        db: sqlite3.Connection | None = None
+        db, lock_fd = open_database(path, sync=sync)
+        store = cls(path, db, lock_fd, max_result_bytes=max_result_bytes)
         try:
-            db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-            db.row_factory = sqlite3.Row
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
-            db.execute("PRAGMA busy_timeout=5000")
-            # A damaged file is found now, with a clear message, not by whichever query reaches the bad page
-            # first (about 50 ms for 100,000 tasks here).  Nothing is repaired or replaced: the operator decides.
-            check = [row[0] for row in db.execute("PRAGMA quick_check(5)")]
-            if check != ["ok"]:
-                raise StartupError(
-                    f"the queue database {path} is damaged (quick_check: {'; '.join(check)[:300]}); it was left "
-                    "untouched: restore it from a backup, or move it away to start with an empty queue"
-                )
-            _migrate(db, path)
-            store = cls(path, db, lock_fd, max_result_bytes=max_result_bytes)
             store._load_counts()
-            return store
         except sqlite3.Error as exc:
-            _close_quietly(db, lock_fd)
-            raise StartupError(_open_failure(path, exc)) from None
-        except StartupError:
-            _close_quietly(db, lock_fd)
-            raise
+            store.close()
+            raise StartupError(f"cannot read the queue database {path}: {exc}") from None
+        return store
 
     def __enter__(self) -> TaskStore:
         return self
@@ -538,7 +475,7 @@ class TaskStore:
     def _log(self, seq: int, now: float, line: str) -> None:
         self.db.execute("INSERT INTO task_log (task_seq, at, line) VALUES (?, ?, ?)", (seq, now, line))
 
-    def _ended(self, record: TaskRecord, status: TaskStatus) -> None:
+    def _ended(self, record: Leased, status: TaskStatus) -> None:
         self._pending_ended.append(Ended(record.task_id, status, record.workflow_id, record.step_id))
 
     def insert(self, task: NewTask, now: float) -> tuple[TaskRecord, bool]:
@@ -551,15 +488,16 @@ class TaskStore:
             if self.get(task.task_id) is not None:
                 raise Conflict(f"a task with id {task.task_id!r} already exists (with another idempotency key)")
             placement = task.placement.to_column()
-            row = self.db.execute(
+            payload = dumps(task.payload)
+            cursor = self.db.execute(
                 "INSERT INTO tasks (task_id, idem_key, task_type, payload, priority, status, placement, tags, "
                 "metadata, retry_policy, timeout_s, workflow_id, step_id, created_at) "
-                "VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
+                "VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     task.task_id,
                     task.idem_key,
                     task.task_type,
-                    dumps(task.payload),
+                    payload,
                     task.priority,
                     placement,
                     dumps(list(task.tags)),
@@ -570,10 +508,31 @@ class TaskStore:
                     task.step_id,
                     now,
                 ),
-            ).fetchone()
+            )
             self._moved(None, TaskStatus.QUEUED)
             self._queued(task.task_type, placement, 0.0, 1)
-        return _record(row), True
+        # The record as stored, built from what was written (no read back): the insert is the hot path of submit.
+        record = TaskRecord(
+            seq=cursor.lastrowid or 0,
+            task_id=task.task_id,
+            task_type=task.task_type,
+            status=TaskStatus.QUEUED,
+            priority=task.priority,
+            placement=task.placement,
+            policy=task.policy,
+            timeout_s=task.timeout_s,
+            attempt=0,
+            failures=0,
+            not_before=0.0,
+            created_at=now,
+            payload_json=payload,
+            idem_key=task.idem_key,
+            tags=tuple(task.tags),
+            metadata=dict(task.metadata or {}),
+            workflow_id=task.workflow_id,
+            step_id=task.step_id,
+        )
+        return record, True
 
     # -- writing: leases ----------------------------------------------------------------------------------------
     def claim(
@@ -699,7 +658,9 @@ class TaskStore:
         with self.transaction():
             self.advance_backoffs(now)
             for report in reports:
-                record = self.get(report.task_id)
+                row = self.db.execute(f"SELECT {_LEASE_COLUMNS} FROM tasks WHERE task_id = ?", (report.task_id,))
+                found = row.fetchone()
+                record = None if found is None else _Held.of(found)
                 if record is None:
                     verdicts.append(Verdict.REJECTED)
                     continue
@@ -731,11 +692,11 @@ class TaskStore:
                 verdicts.append(Verdict.RECORDED)
         return verdicts
 
-    def _left_running(self, record: TaskRecord, new: TaskStatus) -> None:
+    def _left_running(self, record: Leased, new: TaskStatus) -> None:
         self._moved(TaskStatus.RUNNING, new)
         self._pending_leases[record.worker_peer] -= 1
 
-    def _record_result(self, record: TaskRecord, encoded: str, now: float) -> None:
+    def _record_result(self, record: Leased, encoded: str, now: float) -> None:
         model.complete(record.state)
         self.db.execute(
             "UPDATE tasks SET status = 'completed', result = ?, finished_at = ?, lease_expires = NULL WHERE seq = ?",
@@ -745,7 +706,7 @@ class TaskStore:
         self._ended(record, TaskStatus.COMPLETED)
 
     def _apply_failure(
-        self, record: TaskRecord, now: float, *, message: str, code: str, retryable: bool, lost: bool
+        self, record: Leased, now: float, *, message: str, code: str, retryable: bool, lost: bool
     ) -> model.Outcome:
         outcome = model.fail(record.state, message=message, code=code, retryable=retryable, lost=lost)
         who = record.worker_peer or "this node"
@@ -781,12 +742,13 @@ class TaskStore:
         with self.transaction():
             for task_id, attempt in leases:
                 row = self.db.execute(
-                    f"SELECT * FROM tasks WHERE task_id = ? AND attempt = ? AND status = 'running' AND {peer_clause}",
+                    f"SELECT {_LEASE_COLUMNS} FROM tasks WHERE task_id = ? AND attempt = ? AND status = 'running' "
+                    f"AND {peer_clause}",
                     (task_id, attempt, peer),
                 ).fetchone()
                 if row is None:
                     continue
-                record = _record(row)
+                record = _Held.of(row)
                 outcome = model.release(record.state)
                 self.db.execute(
                     "UPDATE tasks SET status = 'queued', not_before = 0, worker = NULL, worker_peer = NULL, "
@@ -801,19 +763,20 @@ class TaskStore:
 
     def expire_leases(self, now: float) -> int:
         """Leases not renewed in time: their workers are presumed dead; each attempt counts as failed."""
-        rows = self.db.execute("SELECT * FROM tasks WHERE status = 'running' AND lease_expires < ?", (now,)).fetchall()
-        return self._lose([_record(row) for row in rows], now, "lease expired (worker stopped heartbeating)")
+        sql = f"SELECT {_LEASE_COLUMNS} FROM tasks WHERE status = 'running' AND lease_expires < ?"
+        rows = self.db.execute(sql, (now,)).fetchall()
+        return self._lose([_Held.of(row) for row in rows], now, "lease expired (worker stopped heartbeating)")
 
     def lose_leases_of(self, peer: str | None, *, boot_not: str, now: float, why: str) -> int:
         """Leases held by an earlier run of a worker process (``peer`` None: this node's own)."""
         peer_clause = "worker_peer IS ?" if peer is None else "worker_peer = ?"
         rows = self.db.execute(
-            f"SELECT * FROM tasks WHERE status = 'running' AND {peer_clause} AND lease_boot IS NOT ?",
+            f"SELECT {_LEASE_COLUMNS} FROM tasks WHERE status = 'running' AND {peer_clause} AND lease_boot IS NOT ?",
             (peer, boot_not),
         ).fetchall()
-        return self._lose([_record(row) for row in rows], now, why)
+        return self._lose([_Held.of(row) for row in rows], now, why)
 
-    def _lose(self, records: list[TaskRecord], now: float, why: str) -> int:
+    def _lose(self, records: list[_Held], now: float, why: str) -> int:
         if not records:
             return 0
         with self.transaction():
@@ -914,35 +877,3 @@ class TaskStore:
 
     def saved_workers(self) -> list[dict[str, Any]]:
         return [json.loads(row[0]) for row in self.db.execute("SELECT spec FROM workers ORDER BY rowid")]
-
-
-def _migrate(db: sqlite3.Connection, path: Path) -> None:
-    """Create the schema, or bring an older one forward, in one transaction; a newer one stops the start."""
-    has_meta = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone()
-    version = None
-    if has_meta:
-        row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        version = None if row is None else str(row[0])
-    if version is not None and version != SCHEMA_VERSION and version not in _MIGRATIONS:
-        raise StartupError(f"{path} has schema version {version}; this sidecar reads {SCHEMA_VERSION}")
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        while version is not None and version != SCHEMA_VERSION:
-            db.execute(_MIGRATIONS[version])
-            version = str(int(version) + 1)
-        for statement in _SCHEMA.split(";"):
-            if statement.strip():
-                db.execute(statement)
-        db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
-        db.execute("COMMIT")
-    except BaseException:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        raise
-
-
-def _close_quietly(db: sqlite3.Connection | None, lock_fd: int) -> None:
-    if db is not None:
-        with contextlib.suppress(sqlite3.Error):
-            db.close()
-    os.close(lock_fd)
