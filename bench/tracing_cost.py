@@ -128,6 +128,24 @@ def markdown(table: dict[str, Any], *, rounds: int, seconds: float, baseline: st
     return "\n".join(lines)
 
 
+def saved_section() -> list[str]:
+    """docs/benchmarks.md's section on tracing's cost, from the last ``--save`` (a separate run: ~5 minutes)."""
+    if not FIGURES.is_file():
+        return []
+    return [
+        "## Tracing cost",
+        "",
+        "A P2P tool call (`p2p_hash_content`, 1 KiB: gateway -> bridge -> sidecar) on three stacks side by side: "
+        "`baseline` is the code this branch started from (no tracing code), `off` is this code with no "
+        "`*_OTLP_ENDPOINT` (the default), `on` has both processes exporting every span over OTLP/HTTP. Command:",
+        "",
+        "    .venv/bin/python -m bench.tracing_cost --rounds 7 --seconds 3 --save",
+        "",
+        FIGURES.read_text().strip(),
+        "",
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=7)

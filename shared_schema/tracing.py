@@ -112,37 +112,54 @@ def clean_traceparent(value: Any) -> str | None:
     return value if isinstance(value, str) and 0 < len(value) <= MAX_TRACEPARENT else None
 
 
-@contextmanager
-def served(
-    name: str,
-    *,
-    traceparent: str | None,
-    call_id: str | None,
-    kind: SpanKind = SpanKind.SERVER,
-    attributes: dict[str, Any] | None = None,
-) -> Iterator[Span | None]:
+class served:  # lower case: used like contextlib's context managers
     """Serve one call that arrived with ``traceparent``: a span when enabled, else just its context.
 
     With export off and no traceparent this only sets the call id; with a
     traceparent it attaches the remote context, so log lines and calls made
-    from here carry the caller's trace.
+    from here carry the caller's trace.  A class rather than a generator: it
+    runs on every call, and with export off it must cost next to nothing.
     """
-    call_token = CALL_ID.set(call_id)
-    try:
-        parent = parent_from(traceparent) if traceparent is not None else None
+
+    __slots__ = ("_attributes", "_call_id", "_call_token", "_inner", "_kind", "_name", "_token", "_traceparent")
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        traceparent: str | None,
+        call_id: str | None,
+        kind: SpanKind = SpanKind.SERVER,
+        attributes: dict[str, Any] | None = None,
+    ) -> None:
+        self._name = name
+        self._traceparent = traceparent
+        self._call_id = call_id
+        self._kind = kind
+        self._attributes = attributes
+        self._inner: Any = None
+        self._token: Any = None
+
+    def __enter__(self) -> Span | None:
+        self._call_token = CALL_ID.set(self._call_id)
+        parent = parent_from(self._traceparent) if self._traceparent is not None else None
         if _State.enabled:
-            with _State.tracer.start_as_current_span(name, context=parent, kind=kind, attributes=attributes) as span:
-                yield span
-        elif parent is not None:
-            token = otel_context.attach(parent)
-            try:
-                yield None
-            finally:
-                otel_context.detach(token)
-        else:
-            yield None
-    finally:
-        CALL_ID.reset(call_token)
+            self._inner = _State.tracer.start_as_current_span(
+                self._name, context=parent, kind=self._kind, attributes=self._attributes
+            )
+            return self._inner.__enter__()
+        if parent is not None:
+            self._token = otel_context.attach(parent)
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            if self._inner is not None:
+                self._inner.__exit__(*exc)
+            elif self._token is not None:
+                otel_context.detach(self._token)
+        finally:
+            CALL_ID.reset(self._call_token)
 
 
 @contextmanager

@@ -145,3 +145,52 @@ def test_with_export_off_the_callers_trace_still_reaches_every_process(tmp_path:
         assert status == 422
         for proc in [*a.procs(), *b.procs()]:
             wait_for(lambda proc=proc: f"[trace={trace_id} " in proc.log_path.read_text(), 10, 0.2, what=proc.name)
+
+
+def test_a_task_run_on_another_peer_is_in_the_trace_that_submitted_it(
+    traced: dict[str, Peer], receiver: OtlpReceiver
+) -> None:
+    a, b = traced["a"], traced["b"]
+    header, trace_id, caller_span = traceparent()
+    submit = {
+        "task_type": "tool",
+        "payload": {"tool": "hash_content", "arguments": {"data": "queued"}},
+        "metadata": {"placement": {"peer": b.peer_id}},
+    }
+    assert a.gateway is not None
+    status, body = http_json(
+        "POST", f"{a.gateway.extra['url']}/tools/execute/task_submit", submit, headers={"traceparent": header}
+    )
+    assert status == 200, body
+    task_id = body["result"]["task_id"]
+
+    def done() -> bool:
+        _, view = http_json("POST", f"{a.gateway.extra['url']}/tools/execute/task_status", {"task_id": task_id})
+        return view["result"]["status"] == "completed"
+
+    wait_for(done, 30, 0.2, what="the task completed on b")
+
+    def whole() -> list[ReceivedSpan] | None:
+        spans = receiver.trace(trace_id)
+        names = {(process_of(span, traced), span.name) for span in spans}
+        wanted = {
+            ("a", "tool task_submit"),
+            ("b", "task queued"),
+            ("b", "task tool"),
+            ("b-gateway", "tool hash_content"),
+        }
+        return spans if wanted <= names else None
+
+    spans = wait_for(whole, 20, 0.2, what="the task's spans in the submitting trace")
+    by_name = {(process_of(span, traced), span.name): span for span in spans}
+    submitted = by_name[("a", "tool task_submit")]
+    ran, queued = by_name[("b", "task tool")], by_name[("b", "task queued")]
+    assert ran.parent_span_id == queued.parent_span_id == submitted.span_id
+    assert ran.kind == 5 and ran.attributes["mcp_p2p.task.id"] == task_id  # CONSUMER
+    assert ran.attributes["mcp_p2p.task.owner"] == a.peer_id
+    # whatever the task called is beneath it: b's gateway ran the tool for it
+    tool_b = by_name[("b-gateway", "tool hash_content")]
+    assert by_name[("b", "bridge call hash_content")].span_id == tool_b.parent_span_id
+    assert by_name[("b", "bridge call hash_content")].parent_span_id == ran.span_id
+    root = by_name[("a-gateway", "bridge call task_submit")]
+    assert submitted.parent_span_id == root.span_id and caller_span in {s.parent_span_id for s in spans}
