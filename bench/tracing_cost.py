@@ -28,10 +28,11 @@ import sys
 import tarfile
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.loadgen import LoadResult, ensure_wrk, run_wrk
+from bench.loadgen import LoadResult, ensure_wrk, process_cpu_seconds, run_wrk
 from bench.stack import modern_call
 from tests.otlp_receiver import OtlpReceiver
 from tests.procs import ROOT, Proc, free_port, gateway_proc, http_json, running, sidecar_proc, wait_for
@@ -50,8 +51,17 @@ def extract(revision: str, into: Path) -> Path:
     return into
 
 
+@dataclass
+class Stack:
+    url: str
+    pids: tuple[int, int]
+
+    def cpu_seconds(self) -> float:
+        return sum(process_cpu_seconds(pid) for pid in self.pids)
+
+
 @contextlib.contextmanager
-def stack(tmp: Path, name: str, source: Path, **env: str) -> Iterator[str]:
+def stack(tmp: Path, name: str, source: Path, **env: str) -> Iterator[Stack]:
     sidecar = sidecar_proc(tmp, f"{name}-sidecar", SIDECAR_LOG_LEVEL="warning", **env)
     gateway_env = {key.replace("SIDECAR_", "GATEWAY_"): value for key, value in env.items()}
     gateway = gateway_proc(
@@ -64,7 +74,7 @@ def stack(tmp: Path, name: str, source: Path, **env: str) -> Iterator[str]:
         url = gateway.extra["url"]
         wait_for(lambda: http_json("GET", url + "/health/ready")[0] == 200, 30, what=f"{name} ready")
         _check_source(gateway, source)
-        yield url
+        yield Stack(url, (gateway.pid, sidecar.pid))
 
 
 def _check_source(gateway: Proc, source: Path) -> None:
@@ -78,28 +88,31 @@ def requests(url: str) -> dict[str, tuple[str, dict[str, Any], dict[str, str]]]:
     return {"rest": (f"{url}/tools/execute/{TOOL}", PAYLOAD, {}), "mcp": (f"{url}/mcp", body, headers)}
 
 
-def measure(urls: dict[str, str], *, rounds: int, seconds: float, clients: list[int]) -> dict[str, Any]:
-    results: dict[str, dict[str, list[LoadResult]]] = {}
-    for url in urls.values():  # warm every stack on every face first
-        for target, body, headers in requests(url).values():
+def measure(stacks: dict[str, Stack], *, rounds: int, seconds: float, clients: list[int]) -> dict[str, Any]:
+    results: dict[str, dict[str, list[tuple[LoadResult, float]]]] = {}
+    for each in stacks.values():  # warm every stack on every face first
+        for target, body, headers in requests(each.url).values():
             run_wrk(target, body, connections=4, seconds=1, headers=headers)
     for round_index in range(rounds):
         order = CONFIGS[round_index % 3 :] + CONFIGS[: round_index % 3]
         for face in ("rest", "mcp"):
             for count in clients:
                 for config in order:
-                    target, body, headers = requests(urls[config])[face]
+                    target, body, headers = requests(stacks[config].url)[face]
+                    cpu_before = stacks[config].cpu_seconds()
                     result = run_wrk(target, body, connections=count, seconds=seconds, headers=headers)
+                    cpu_us = (stacks[config].cpu_seconds() - cpu_before) / max(1, result.requests) * 1e6
                     assert result.errors == 0 and result.non2xx == 0, (config, face, count, result)
-                    results.setdefault(f"{face} c={count}", {}).setdefault(config, []).append(result)
+                    results.setdefault(f"{face} c={count}", {}).setdefault(config, []).append((result, cpu_us))
         print(f"round {round_index + 1}/{rounds} done", file=sys.stderr)
     table: dict[str, Any] = {}
     for point, by_config in results.items():
         table[point] = {
             config: {
-                "rps": statistics.median(r.rps for r in runs),
-                "p50_ms": statistics.median(r.p50_ms for r in runs),
-                "p99_ms": statistics.median(r.p99_ms for r in runs),
+                "rps": statistics.median(r.rps for r, _ in runs),
+                "p50_ms": statistics.median(r.p50_ms for r, _ in runs),
+                "p99_ms": statistics.median(r.p99_ms for r, _ in runs),
+                "cpu_us": statistics.median(cpu for _, cpu in runs),
             }
             for config, runs in by_config.items()
         }
@@ -108,14 +121,16 @@ def measure(urls: dict[str, str], *, rounds: int, seconds: float, clients: list[
 
 def markdown(table: dict[str, Any], *, rounds: int, seconds: float, baseline: str, spans: int) -> str:
     lines = [
-        "| face, clients | baseline rps | off rps | on rps | off/baseline rps | on/baseline rps "
-        "| p50 ms base / off / on | p99 ms base / off / on |",
-        "|---|---|---|---|---|---|---|---|",
+        "| face, clients | CPU us/call base / off / on | off/base CPU | on/base CPU | rps base / off / on "
+        "| off/base rps | on/base rps | p50 ms base / off / on | p99 ms base / off / on |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for point, row in table.items():
         base, off, on = row["baseline"], row["off"], row["on"]
         lines.append(
-            f"| {point} | {base['rps']:.0f} | {off['rps']:.0f} | {on['rps']:.0f} | "
+            f"| {point} | {base['cpu_us']:.0f} / {off['cpu_us']:.0f} / {on['cpu_us']:.0f} | "
+            f"{off['cpu_us'] / base['cpu_us']:.3f} | {on['cpu_us'] / base['cpu_us']:.3f} | "
+            f"{base['rps']:.0f} / {off['rps']:.0f} / {on['rps']:.0f} | "
             f"{off['rps'] / base['rps']:.3f} | {on['rps'] / base['rps']:.3f} | "
             f"{base['p50_ms']:.3f} / {off['p50_ms']:.3f} / {on['p50_ms']:.3f} | "
             f"{base['p99_ms']:.2f} / {off['p99_ms']:.2f} / {on['p99_ms']:.2f} |"
@@ -123,7 +138,9 @@ def markdown(table: dict[str, Any], *, rounds: int, seconds: float, baseline: st
     lines += [
         "",
         f"Medians of {rounds} interleaved rounds of {seconds:g} s per point (wrk, keep-alive); baseline = "
-        f"`{baseline}` without the tracing code; `on` exported {spans} spans to the bench's OTLP receiver.",
+        f"`{baseline}` without the tracing code; `on` exported {spans} spans to the bench's OTLP receiver. "
+        "CPU us/call: user + system CPU of the gateway and the sidecar together during the run, per call answered "
+        "(less sensitive than rps to what else the shared machine runs).",
     ]
     return "\n".join(lines)
 
@@ -174,9 +191,9 @@ def main() -> None:
             stack(tmp, "off", ROOT) as off,
             stack(tmp, "on", ROOT, SIDECAR_OTLP_ENDPOINT=receiver.url) as on,
         ):
-            urls = {"baseline": baseline, "off": off, "on": on}
+            stacks = {"baseline": baseline, "off": off, "on": on}
             clients = [int(count) for count in args.clients.split(",")]
-            table = measure(urls, rounds=args.rounds, seconds=args.seconds, clients=clients)
+            table = measure(stacks, rounds=args.rounds, seconds=args.seconds, clients=clients)
         spans = len(receiver.spans)
     assert spans > 0, "the 'on' stack exported nothing"
     text = markdown(table, rounds=args.rounds, seconds=args.seconds, baseline=revision, spans=spans)
