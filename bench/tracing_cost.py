@@ -22,11 +22,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import itertools
 import statistics
 import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +36,7 @@ from typing import Any
 
 from bench.loadgen import LoadResult, ensure_wrk, process_cpu_seconds, run_wrk
 from bench.stack import modern_call
+from shared_schema import tracing
 from tests.otlp_receiver import OtlpReceiver
 from tests.procs import ROOT, Proc, free_port, gateway_proc, http_json, running, sidecar_proc, wait_for
 
@@ -93,17 +96,22 @@ def measure(stacks: dict[str, Stack], *, rounds: int, seconds: float, clients: l
     for each in stacks.values():  # warm every stack on every face first
         for target, body, headers in requests(each.url).values():
             run_wrk(target, body, connections=4, seconds=1, headers=headers)
+    orders = list(itertools.permutations(stacks))
     for round_index in range(rounds):
-        order = CONFIGS[round_index % 3 :] + CONFIGS[: round_index % 3]
         for face in ("rest", "mcp"):
             for count in clients:
-                for config in order:
+                # every order of the stacks in turn: none always runs first, or right after another
+                for config in orders[
+                    (round_index * 2 * len(clients) + len(clients) * (face == "mcp") + count) % len(orders)
+                ]:
                     target, body, headers = requests(stacks[config].url)[face]
                     cpu_before = stacks[config].cpu_seconds()
                     result = run_wrk(target, body, connections=count, seconds=seconds, headers=headers)
                     cpu_us = (stacks[config].cpu_seconds() - cpu_before) / max(1, result.requests) * 1e6
                     assert result.errors == 0 and result.non2xx == 0, (config, face, count, result)
                     results.setdefault(f"{face} c={count}", {}).setdefault(config, []).append((result, cpu_us))
+                    if config == "on":  # its last spans leave within the export delay: not during the next run
+                        time.sleep(tracing.EXPORT_DELAY_MS / 1000 + 0.5)
         print(f"round {round_index + 1}/{rounds} done", file=sys.stderr)
     table: dict[str, Any] = {}
     for point, by_config in results.items():
@@ -120,29 +128,106 @@ def measure(stacks: dict[str, Stack], *, rounds: int, seconds: float, clients: l
 
 
 def markdown(table: dict[str, Any], *, rounds: int, seconds: float, baseline: str, spans: int) -> str:
+    def cells(row: dict[str, Any], key: str, digits: int) -> str:
+        return " / ".join(f"{row[c][key]:.{digits}f}" if c in row else "-" for c in CONFIGS)
+
+    def ratio(row: dict[str, Any], config: str, key: str) -> str:
+        return f"{row[config][key] / row['baseline'][key]:.3f}" if config in row and "baseline" in row else "-"
+
     lines = [
         "| face, clients | CPU us/call base / off / on | off/base CPU | on/base CPU | rps base / off / on "
         "| off/base rps | on/base rps | p50 ms base / off / on | p99 ms base / off / on |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for point, row in table.items():
-        base, off, on = row["baseline"], row["off"], row["on"]
         lines.append(
-            f"| {point} | {base['cpu_us']:.0f} / {off['cpu_us']:.0f} / {on['cpu_us']:.0f} | "
-            f"{off['cpu_us'] / base['cpu_us']:.3f} | {on['cpu_us'] / base['cpu_us']:.3f} | "
-            f"{base['rps']:.0f} / {off['rps']:.0f} / {on['rps']:.0f} | "
-            f"{off['rps'] / base['rps']:.3f} | {on['rps'] / base['rps']:.3f} | "
-            f"{base['p50_ms']:.3f} / {off['p50_ms']:.3f} / {on['p50_ms']:.3f} | "
-            f"{base['p99_ms']:.2f} / {off['p99_ms']:.2f} / {on['p99_ms']:.2f} |"
+            f"| {point} | {cells(row, 'cpu_us', 0)} | {ratio(row, 'off', 'cpu_us')} | {ratio(row, 'on', 'cpu_us')} | "
+            f"{cells(row, 'rps', 0)} | {ratio(row, 'off', 'rps')} | {ratio(row, 'on', 'rps')} | "
+            f"{cells(row, 'p50_ms', 3)} | {cells(row, 'p99_ms', 2)} |"
         )
     lines += [
         "",
-        f"Medians of {rounds} interleaved rounds of {seconds:g} s per point (wrk, keep-alive); baseline = "
-        f"`{baseline}` without the tracing code; `on` exported {spans} spans to the bench's OTLP receiver. "
-        "CPU us/call: user + system CPU of the gateway and the sidecar together during the run, per call answered "
-        "(less sensitive than rps to what else the shared machine runs).",
+        f"Medians of {rounds} rounds of {seconds:g} s per point (wrk, keep-alive), the stacks run in every order "
+        f"in turn; baseline = `{baseline}` without the tracing code; `on` exported {spans} spans to the bench's "
+        "OTLP receiver (and is followed by a pause while its last batch leaves). CPU us/call: user + system CPU of "
+        "the gateway and the sidecar together during the run, per call answered.",
     ]
     return "\n".join(lines)
+
+
+def micro(repeats: int = 7, number: int = 200_000) -> list[tuple[str, float]]:
+    """Per call, what the tracing code adds with export off, step by step (in this process, min of repeats, us).
+
+    The end-to-end A/B above cannot resolve a few microseconds on a shared machine; these are the exact
+    operations a P2P call runs that the baseline did not, timed alone.
+    """
+    import timeit
+
+    from gateway.trace_context import TraceContextPassThrough
+    from shared_schema import Envelope, Kind, decode, encode
+    from shared_schema.tracing import CALL_ID
+
+    headers = [
+        (b"host", b"127.0.0.1:8000"),
+        (b"user-agent", b"agent/1.0"),
+        (b"accept", b"application/json, text/event-stream"),
+        (b"content-type", b"application/json"),
+        (b"content-length", b"120"),
+        (b"mcp-protocol-version", b"2026-07-28"),
+        (b"mcp-method", b"tools/call"),
+        (b"mcp-name", b"p2p_hash_content"),
+    ]
+    scope = {"type": "http", "headers": headers}
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        return None
+
+    middleware = TraceContextPassThrough(app)
+
+    def through_middleware() -> None:
+        coroutine = middleware(scope, None, None)  # type: ignore[arg-type]
+        with contextlib.suppress(StopIteration):
+            coroutine.send(None)
+
+    def direct() -> None:
+        coroutine = app(scope, None, None)
+        with contextlib.suppress(StopIteration):
+            coroutine.send(None)
+
+    def call_id() -> None:
+        token = CALL_ID.set(f"{'ab12cd34-'}{12345:x}")
+        CALL_ID.reset(token)
+
+    def bridge_client() -> None:
+        if tracing.enabled():
+            raise AssertionError
+        tracing.traceparent_of_current()
+
+    def served() -> None:
+        with tracing.served("tool p2p_hash_content", traceparent=None, call_id="ab12cd34-3039"):
+            pass
+
+    envelope = Envelope(Kind.CALL, id="ab12cd34-3039", deadline=1e9, tool="p2p_hash_content", arguments=PAYLOAD)
+    frame = encode(envelope)
+
+    def codec() -> None:
+        decode(encode(envelope))
+
+    def best(fn: Any) -> float:
+        return min(timeit.repeat(fn, number=number, repeat=repeats)) / number * 1e6
+
+    assert decode(frame).traceparent is None
+    rows = [
+        (
+            "gateway: traceparent pass-through middleware (8 headers, none a traceparent)",
+            best(through_middleware) - best(direct),
+        ),
+        ("gateway: the router's call id (make it, set and reset the context variable)", best(call_id)),
+        ("gateway: the bridge client's check (export off?) and current trace context", best(bridge_client)),
+        ("sidecar: serving the call (call id set and reset, no traceparent)", best(served)),
+    ]
+    rows.append(("(for scale) one envelope encoded and decoded, 1 KiB arguments", best(codec)))
+    return rows
 
 
 def saved_section() -> list[str]:
@@ -168,6 +253,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--clients", default="1,16")
+    parser.add_argument("--configs", default=",".join(CONFIGS), help="which stacks to run (baseline,off,on)")
     parser.add_argument(
         "--baseline", default=None, help="git revision without the tracing code (default: HEAD's merge base with main)"
     )
@@ -186,17 +272,29 @@ def main() -> None:
     ):
         tmp = Path(tmp_name)
         baseline_src = extract(revision, tmp / "baseline-src")
-        with (
-            stack(tmp, "baseline", baseline_src) as baseline,
-            stack(tmp, "off", ROOT) as off,
-            stack(tmp, "on", ROOT, SIDECAR_OTLP_ENDPOINT=receiver.url) as on,
-        ):
-            stacks = {"baseline": baseline, "off": off, "on": on}
+        wanted = args.configs.split(",")
+        sources = {
+            "baseline": (baseline_src, {}),
+            "off": (ROOT, {}),
+            "on": (ROOT, {"SIDECAR_OTLP_ENDPOINT": receiver.url}),
+        }
+        with contextlib.ExitStack() as running_stacks:
+            stacks = {
+                name: running_stacks.enter_context(stack(tmp, name, sources[name][0], **sources[name][1]))
+                for name in CONFIGS
+                if name in wanted
+            }
             clients = [int(count) for count in args.clients.split(",")]
             table = measure(stacks, rounds=args.rounds, seconds=args.seconds, clients=clients)
         spans = len(receiver.spans)
-    assert spans > 0, "the 'on' stack exported nothing"
+    assert spans > 0 or "on" not in wanted, "the 'on' stack exported nothing"
     text = markdown(table, rounds=args.rounds, seconds=args.seconds, baseline=revision, spans=spans)
+    steps = micro()
+    added = sum(us for name, us in steps if not name.startswith("(for scale)"))
+    text += "\n\nWhat export off adds to each P2P call, timed alone (`micro()`, min of 7 x 200,000):\n\n"
+    text += "| step | us per call |\n|---|---|\n"
+    text += "\n".join(f"| {name} | {us:.2f} |" for name, us in steps)
+    text += f"\n| **added per call, in all** | **{added:.2f}** |\n"
     print(text)
     if args.save:
         FIGURES.write_text(text + "\n")

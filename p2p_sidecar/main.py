@@ -179,7 +179,9 @@ class Sidecar:
                             self.ready = True
                             gc.freeze()  # the start-up heap (libp2p, schemas) lives as long as we do
                             log.info(
-                                "sidecar ready (bridge %s, admin port %s)", settings.bridge_endpoint, self.admin.bound
+                                "sidecar ready (bridge %s, dashboard and admin on %s)",
+                                settings.bridge_endpoint,
+                                ", ".join(f"{url}/" for url in self.admin.bound),
                             )
                             sd_notify.notify("READY=1", f"STATUS=bridge on {settings.bridge_endpoint}")
                             task_status.started()

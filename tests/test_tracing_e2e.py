@@ -194,3 +194,45 @@ def test_a_task_run_on_another_peer_is_in_the_trace_that_submitted_it(
     assert by_name[("b", "bridge call hash_content")].parent_span_id == ran.span_id
     root = by_name[("a-gateway", "bridge call task_submit")]
     assert submitted.parent_span_id == root.span_id and caller_span in {s.parent_span_id for s in spans}
+
+
+def test_an_mcp_call_joins_the_trace_of_its_http_request(traced: dict[str, Peer], receiver: OtlpReceiver) -> None:
+    a, b = traced["a"], traced["b"]
+    assert a.gateway is not None
+    header, trace_id, caller_span = traceparent()
+    meta = {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+        "io.modelcontextprotocol/clientInfo": {"name": "trace-test", "version": "1"},
+    }
+    arguments = {"tool_name": "echo", "args": {"message": "traced"}, "remote_peer_id": b.peer_id}
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {"name": "p2p_remote_call_tool", "arguments": arguments, "_meta": meta},
+    }
+    headers = {
+        "accept": "application/json, text/event-stream",
+        "mcp-protocol-version": "2026-07-28",
+        "mcp-method": "tools/call",
+        "mcp-name": "p2p_remote_call_tool",
+        "traceparent": header,
+    }
+    status, answer = http_json("POST", a.gateway.extra["url"] + "/mcp", body, headers=headers)
+    assert status == 200 and not answer["result"].get("isError"), answer
+
+    def whole() -> list[ReceivedSpan] | None:
+        spans = receiver.trace(trace_id)
+        return spans if any(process_of(s, traced) == "b-gateway" for s in spans) else None
+
+    spans = wait_for(whole, 20, 0.2, what="the MCP call's spans")
+    by_id = {span.span_id: span for span in spans}
+    [mcp_span] = [s for s in spans if s.name == "tools/call p2p_remote_call_tool"]
+    assert process_of(mcp_span, traced) == "a-gateway"
+    [bridge] = [s for s in spans if s.name == "bridge call p2p_remote_call_tool"]
+    assert bridge.parent_span_id == mcp_span.span_id  # the router's span under the MCP SDK's
+    chain = mcp_span
+    while chain.parent_span_id in by_id:
+        chain = by_id[chain.parent_span_id]
+    assert chain.parent_span_id == caller_span  # under the HTTP request's span, under the caller's

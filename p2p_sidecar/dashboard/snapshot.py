@@ -225,7 +225,6 @@ class DashboardData:
             described = engine.describe(workflow_id, include_steps=True)
             steps = described.pop("steps")
             kept = {step["step_id"] for step in steps[:MAX_STEPS]}
-            levels = [[step for step in level if step in kept] for level in engine.dag(workflow_id).levels()]
             described["steps"] = [
                 {
                     "step_id": step["step_id"],
@@ -237,7 +236,33 @@ class DashboardData:
                 }
                 for step in steps[:MAX_STEPS]
             ]
-            described["levels"] = [level for level in levels if level]
+            described["levels"] = levels_of(described["steps"])
             described["steps_hidden"] = max(0, len(steps) - MAX_STEPS)
             shown.append(described)
         return shown
+
+
+def levels_of(steps: list[dict[str, Any]]) -> list[list[str]]:
+    """Steps by depth (a step sits one level right of its deepest dependency), in the order given per level.
+
+    From the steps already read, so drawing a DAG costs no second read of the workflow.
+    """
+    depends = {step["step_id"]: step["depends_on"] for step in steps}
+    depth: dict[str, int] = {}
+    for step_id in depends:
+        pending = [step_id]
+        while pending:  # iterative depth-first walk: a 1000-step chain must not hit the recursion limit
+            current = pending[-1]
+            if current in depth:
+                pending.pop()
+                continue
+            missing = [dep for dep in depends[current] if dep in depends and dep not in depth]
+            if missing:
+                pending.extend(missing)
+                continue
+            depth[current] = 1 + max((depth[dep] for dep in depends[current] if dep in depends), default=-1)
+            pending.pop()
+    levels: list[list[str]] = [[] for _ in range(1 + max(depth.values(), default=-1))]
+    for step_id in depends:
+        levels[depth[step_id]].append(step_id)
+    return levels
