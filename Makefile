@@ -10,7 +10,7 @@ TEST_WORKERS ?= 2
 
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: setup run test lint format clean bench loadtest deploy-tools browser test-deploy
+.PHONY: setup run test lint format clean bench loadtest deploy-tools browser js-tools js-peer test-deploy
 
 setup: $(STAMP)
 
@@ -24,8 +24,27 @@ $(STAMP): pyproject.toml scripts/ensure-build-deps.sh
 run: setup
 	$(BIN)/python -m supervisor
 
-test: setup lint deploy-tools browser
+test: setup lint deploy-tools browser js-tools js-peer
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+
+# Node 22 (into .tools/node, from the npm registry) and the JavaScript clients the tests drive (the MCP
+# conformance suite, the TypeScript SDK, the Tasks extension requester), installed from tests/js/package-lock.json.
+JS_TOOLS_STAMP := tests/js/node_modules/.installed
+js-tools: $(JS_TOOLS_STAMP)
+
+$(JS_TOOLS_STAMP): tests/js/package.json tests/js/package-lock.json scripts/ensure-node.sh
+	@PATH="$$(scripts/ensure-node.sh):$$PATH" && cd tests/js && npm ci --silent --no-audit --no-fund
+	@touch $@
+
+# js-libp2p (same Node) for the interop tests: a foreign peer in tests/js/libp2p, its packages pinned by its
+# package-lock.json and installed there, never globally.
+JS_PEER := tests/js/libp2p
+JS_PEER_STAMP := $(JS_PEER)/node_modules/.installed
+js-peer: $(JS_PEER_STAMP)
+
+$(JS_PEER_STAMP): $(JS_PEER)/package.json $(JS_PEER)/package-lock.json scripts/ensure-node.sh
+	@PATH="$$(scripts/ensure-node.sh):$$PATH" npm ci --silent --no-audit --no-fund --prefix $(JS_PEER)
+	@touch $@
 
 # systemd-analyze, for the unit checks in tests/test_deploy_files.py.
 deploy-tools:
@@ -61,4 +80,4 @@ loadtest: setup
 	$(BIN)/python -m loadtests.run $(LOADTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis tests/js/node_modules $(JS_PEER)/node_modules

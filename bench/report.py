@@ -5,7 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bench import collection_startup, profile_gateway, remote_call, taskqueue_network, taskqueue_spread, tracing_cost
+from bench import (
+    collection_startup,
+    profile_gateway,
+    remote_call,
+    slow_links,
+    taskqueue_network,
+    taskqueue_spread,
+    tracing_cost,
+)
 
 TARGETS_NOTE = (
     "Targets are the ones set for the bridge, the queue and the footprint; each row says whether this run met it."
@@ -292,6 +300,7 @@ def render(results: dict[str, Any], command: str) -> str:
         f"p50 {queue['submit_to_result_ms']['p50']:.2f} ms, p99 {queue['submit_to_result_ms']['p99']:.2f} ms "
         f"(a plain `p2p_echo` call: p50 {queue['p2p_echo_ms']['p50']:.2f} ms).",
         "",
+        slow_links.markdown(results.get("slow_links", {"skipped": "not part of this run"})),
         "## Tool collection at 400-tool scale",
         "",
         collection_startup.markdown(results["collection"]),

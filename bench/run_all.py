@@ -24,10 +24,12 @@ from bench import (
     profile_gateway,
     remote_call,
     seed_style,
+    slow_links,
     taskqueue_local,
     taskqueue_network,
     taskqueue_spread,
 )
+from bench.linklab import LinkLab
 from bench.loadgen import ensure_wrk, process_cpu_seconds, rss_mb
 from bench.machine import describe
 from bench.report import plot, render
@@ -111,6 +113,18 @@ def main() -> None:
         results["queue_spread"] = taskqueue_spread.run(tmp / "spread", repeats=1 if args.quick else 3)
     results["remote_call"] = remote_call.run(calls=200 if args.quick else 1000, warmup=50 if args.quick else 100)
     results["collection"] = collection_startup.run(runs=1 if args.quick else 3, warm=3 if args.quick else 10)
+    why_not = LinkLab.available()
+    if why_not is None:
+        with tempfile.TemporaryDirectory(prefix="mcp-p2p-slow-links-") as tmp_name:
+            results["slow_links"] = slow_links.run(
+                Path(tmp_name),
+                calls=30 if args.quick else 200,
+                tasks=50 if args.quick else 400,
+                pinned=10 if args.quick else 100,
+                workflow_count=2 if args.quick else 20,
+            )
+    else:
+        results["slow_links"] = {"skipped": why_not}
     results["elapsed_s"] = time.monotonic() - t0
     results["machine"] = describe()
     command = ".venv/bin/python -m bench.run_all" + (" --quick" if args.quick else "") + "   (make bench)"

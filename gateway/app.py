@@ -76,7 +76,16 @@ class Gateway:
         if collection is not None:
             self.registry.mount(collection)
         self.mcp = GatewayMCP(
-            self.registry, self.router, max_body_bytes=settings.max_body_bytes, json_response=settings.mcp_json_response
+            self.registry,
+            self.router,
+            max_body_bytes=settings.max_body_bytes,
+            json_response=settings.mcp_json_response,
+            max_sessions=settings.mcp_max_sessions,
+            session_idle_timeout=settings.mcp_session_idle_timeout,
+            on_reject=self.count_rejection,
+            tasks=settings.mcp_tasks,
+            task_poll_interval=settings.mcp_task_poll_interval,
+            task_min_timeout=settings.mcp_task_min_timeout,
         )
         self.stopping = False
         self._background: set[asyncio.Task[None]] = set()

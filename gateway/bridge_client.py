@@ -48,6 +48,7 @@ from shared_schema import (
     tracing,
 )
 from shared_schema.curve import CurveKeyPair, load_keypair, load_public_key
+from shared_schema.progress import Progress, Sink
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,11 @@ class BridgeClient:
         self._hello_body = hello_body
         self._max_frame = settings.bridge_max_frame_bytes
         self._pending: dict[str, asyncio.Future[Envelope]] = {}
+        self._progress: dict[str, Sink] = {}
+        """Where each P2P call that asked for progress wants its updates."""
         self._inbound: set[asyncio.Task[None]] = set()
+        self._inbound_by_id: dict[str, asyncio.Task[None]] = {}
+        """Inbound calls by id, so the sidecar's CANCEL stops the one it gave up on."""
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(4).hex() + "-"
         self._sock: AsyncioZmqSocket | None = None
@@ -163,10 +168,12 @@ class BridgeClient:
         *,
         timeout: float,
         trace_id: str | None = None,
+        progress: Sink | None = None,
         call_id: str | None = None,
     ) -> Any:
         """Run a P2P tool in the sidecar and return its result, or raise ``BridgeError``.
 
+        ``progress`` receives the PROGRESS updates the sidecar sends for this call while it runs.
         ``call_id`` (unique per gateway, e.g. the router's) becomes the envelope's id, so the sidecar's log
         lines about the call carry the same call id as this process's.
         """
@@ -181,8 +188,8 @@ class BridgeClient:
         if tracing.enabled():
             attributes = {"mcp.tool": tool, "mcp_p2p.call_id": call_id, "mcp_p2p.runtime": "p2p"}
             with tracing.outgoing(f"bridge call {tool}", attributes=attributes) as traceparent:
-                return await self._call(tool, arguments, timeout, trace_id, call_id, traceparent)
-        return await self._call(tool, arguments, timeout, trace_id, call_id, tracing.traceparent_of_current())
+                return await self._call(tool, arguments, timeout, trace_id, call_id, traceparent, progress)
+        return await self._call(tool, arguments, timeout, trace_id, call_id, tracing.traceparent_of_current(), progress)
 
     async def _call(
         self,
@@ -192,6 +199,7 @@ class BridgeClient:
         trace_id: str | None,
         call_id: str,
         traceparent: str | None,
+        progress: Sink | None,
     ) -> Any:
         envelope = Envelope(
             Kind.CALL,
@@ -210,7 +218,16 @@ class BridgeClient:
             raise BridgeError(
                 ErrorCode.TOO_LARGE, f"call of {len(frame)} bytes exceeds the bridge frame limit of {self._max_frame}"
             )
-        reply = await self._round_trip(call_id, frame, timeout)
+        if progress is not None:
+            self._progress[call_id] = progress
+        try:
+            reply = await self._round_trip(call_id, frame, timeout)
+        except asyncio.CancelledError:
+            self._send(encode(Envelope(Kind.CANCEL, id=call_id)))  # our caller gave up: the sidecar may stop
+            raise
+        finally:
+            if progress is not None:
+                self._progress.pop(call_id, None)
         if reply is None:
             self._send(encode(Envelope(Kind.CANCEL, id=call_id)))
             raise BridgeError(
@@ -367,8 +384,15 @@ class BridgeClient:
                 self._send_hello()  # the catalog changed and we missed the push
         elif kind is Kind.PING:
             self._send(encode(Envelope(Kind.PONG, id=envelope.id)))
+        elif kind is Kind.PROGRESS:
+            sink = self._progress.get(envelope.id)
+            update = Progress.from_wire(envelope.body)
+            if sink is not None and update is not None:
+                sink(update)
         elif kind is Kind.CANCEL:
-            pass  # inbound calls are short and bounded by their own deadline
+            task = self._inbound_by_id.get(envelope.id)
+            if task is not None:  # the sidecar gave up (a cancelled task, a caller's deadline): stop the work
+                task.cancel()
         else:
             self._drop("unexpected_kind", f"the gateway does not accept {kind.value!r} frames")
 
@@ -388,6 +412,10 @@ class BridgeClient:
         self._on_catalog(specs)
         self._set_state(SidecarState.UP, f"catalog of {len(specs)} tools received")
 
+    def send_progress(self, call_id: str, update: Progress) -> None:
+        """Tell the sidecar how far an inbound call ``call_id`` has come."""
+        self._send(encode(Envelope(Kind.PROGRESS, id=call_id, body=update.to_wire())))
+
     # -- calls in from the sidecar (remote peers) -------------------------------
     def _start_inbound(self, envelope: Envelope) -> None:
         if len(self._inbound) >= self._settings.max_inbound_calls:
@@ -397,9 +425,16 @@ class BridgeClient:
         task = asyncio.create_task(self._serve_inbound(envelope), name=f"inbound-{envelope.tool}")
         self._inbound.add(task)
         task.add_done_callback(self._inbound.discard)
+        if envelope.id and envelope.id not in self._inbound_by_id:
+            self._inbound_by_id[envelope.id] = task
+            task.add_done_callback(lambda _task, call_id=envelope.id: self._inbound_by_id.pop(call_id, None))
 
     async def _serve_inbound(self, envelope: Envelope) -> None:
-        reply = await self._on_inbound_call(envelope)
+        try:
+            reply = await self._on_inbound_call(envelope)
+        except asyncio.CancelledError:
+            self._metrics.inbound_calls.labels(ErrorCode.CANCELLED.value).inc()
+            raise  # cancelled by the sidecar's CANCEL or at shutdown: nobody waits for an answer
         try:
             frame = encode(reply)
         except (TypeError, ValueError, OverflowError) as exc:

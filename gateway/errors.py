@@ -2,14 +2,16 @@
 
     code               REST status   JSON-RPC (/mcp and /mcp/tools/call)
     unknown_tool       404           -32602 on /mcp (the MCP spec), -32601 on the seed's REST face
-    invalid_arguments  422           -32602
+    invalid_arguments  422           a tool result with isError: true on /mcp (since 2025-11-25, SEP-1303:
+                                     the model reads why and corrects its call); -32602 on /mcp/tools/call
     tool_unavailable   503           a tool result with isError: true (no Retry-After: retrying will not help)
     rate_limited       429           -32000 (the call was not accepted: too many in flight from this client)
     everything else    see below     a tool result with isError: true
 
-A tool that ran and failed, timed out, or could not reach the sidecar is an
-error *result* in MCP terms, so the model sees the message; only requests the
-server could not even accept are JSON-RPC protocol errors.
+A tool that ran and failed, timed out, could not reach the sidecar, or was
+called with arguments that do not fit its schema is an error *result* in MCP
+terms, so the model sees the message; only requests the server could not even
+accept (no such tool, too many calls in flight) are JSON-RPC protocol errors.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ JSONRPC_METHOD_NOT_FOUND = -32601
 JSONRPC_INVALID_PARAMS = -32602
 JSONRPC_INTERNAL_ERROR = -32603
 JSONRPC_SERVER_ERROR = -32000
+JSONRPC_MISSING_REQUIRED_CLIENT_CAPABILITY = -32021
+JSONRPC_UNSUPPORTED_PROTOCOL_VERSION = -32022
 
 HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.UNKNOWN_TOOL: 404,
@@ -47,7 +51,6 @@ RETRYABLE: frozenset[ErrorCode] = frozenset({ErrorCode.BUSY, ErrorCode.UNAVAILAB
 
 MCP_PROTOCOL_ERRORS: dict[ErrorCode, int] = {
     ErrorCode.UNKNOWN_TOOL: JSONRPC_INVALID_PARAMS,
-    ErrorCode.INVALID_ARGUMENTS: JSONRPC_INVALID_PARAMS,
     ErrorCode.RATE_LIMITED: JSONRPC_SERVER_ERROR,
 }
 """On /mcp these become JSON-RPC errors; every other code is an ``isError`` tool result."""

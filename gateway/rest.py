@@ -33,6 +33,7 @@ from gateway.rest_models import (
     ToolList,
     ToolSuccess,
 )
+from gateway.results import encode_json
 from gateway.router import RuntimeRouter
 from shared_schema import BridgeError, ErrorCode, ToolSpec
 from shared_schema.function_tool import call_notes
@@ -123,9 +124,12 @@ def _check_call(payload: Any) -> tuple[str, dict[str, Any]]:
     return name, arguments
 
 
+def _json_text(content: Any) -> str:
+    return json.dumps(content, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
 def _json(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    body = json.dumps(content, separators=(",", ":"), ensure_ascii=False, default=str).encode()
-    return Response(body, status_code=status, media_type="application/json", headers=headers)
+    return Response(_json_text(content).encode(), status_code=status, media_type="application/json", headers=headers)
 
 
 def _client(request: Request) -> str | None:
@@ -198,14 +202,16 @@ def build_rest_router(registry: ToolRegistry, router: RuntimeRouter) -> APIRoute
         try:
             with call_notes() as notes:
                 result = await router.call(tool_name, parameters, client=_client(request))
+                encoded = encode_json(result)
         except BridgeError as exc:
             headers = {"Retry-After": "1"} if exc.code in RETRYABLE else None
             body = {"tool": tool_name, "status": "error", "error": exc.info.to_wire()}
             return _json(body, HTTP_STATUS.get(exc.code, 500), headers)
-        answer: dict[str, Any] = {"tool": tool_name, "status": "success", "result": result}
+        # The result is encoded once (above) and spliced into the envelope.
+        head: dict[str, Any] = {"tool": tool_name, "status": "success"}
         if notes:
-            answer["_meta"] = notes
-        return _json(answer)
+            head["_meta"] = notes
+        return Response(f'{_json_text(head)[:-1]},"result":{encoded}}}'.encode(), media_type="application/json")
 
     async def tools_listing(request_id: Any) -> Response:
         await registry.prepare_listing()
@@ -278,6 +284,7 @@ def build_rest_router(registry: ToolRegistry, router: RuntimeRouter) -> APIRoute
         try:
             with call_notes() as notes:
                 result = await router.call(name, arguments, client=_client(request))
+                text = encode_json(result)
         except BridgeError as exc:
             code = REST_JSONRPC_ERRORS.get(exc.code)
             if exc.code is ErrorCode.RATE_LIMITED:  # not accepted at all: say so in HTTP terms too
@@ -289,8 +296,8 @@ def build_rest_router(registry: ToolRegistry, router: RuntimeRouter) -> APIRoute
             content = [{"type": "text", "text": f"{exc.code.value}: {exc.message}"}]
             error_result = {"content": content, "structuredContent": {"error": exc.info.to_wire()}, "isError": True}
             return _json({"jsonrpc": "2.0", "id": request_id, "result": error_result})
-        text = json.dumps(result, separators=(",", ":"), ensure_ascii=False, default=str)
-        structured = result if isinstance(result, dict) else {"result": result}
+        decoded = json.loads(text)
+        structured = decoded if isinstance(decoded, dict) else {"result": decoded}
         call_result = {"content": [{"type": "text", "text": text}], "structuredContent": structured, "isError": False}
         if notes:
             call_result["_meta"] = notes

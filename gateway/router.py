@@ -24,6 +24,7 @@ from gateway.registry import ToolRegistry
 from shared_schema import BridgeError, Envelope, ErrorCode, ErrorInfo, tracing
 from shared_schema.function_tool import note_ignored_arguments
 from shared_schema.limits import DEFAULT_MAX_ARGUMENT_DEPTH, check_argument_depth
+from shared_schema.progress import Progress, Sink
 from shared_schema.tracing import CALL_ID
 
 log = logging.getLogger(__name__)
@@ -53,14 +54,21 @@ class RuntimeRouter:
         self._id_prefix = os.urandom(4).hex() + "-"
 
     async def call(
-        self, name: str, arguments: dict[str, Any] | None, *, trace_id: str | None = None, client: str | None = None
+        self,
+        name: str,
+        arguments: dict[str, Any] | None,
+        *,
+        trace_id: str | None = None,
+        client: str | None = None,
+        progress: Sink | None = None,
     ) -> Any:
         """Run tool ``name``; returns its JSON-able result or raises ``BridgeError``.
 
         ``client`` is the caller's address, for the per-client bound on calls in
         flight; the checks that reject a call (unknown tool, arguments that are
         not an object or nest too deep, the client's bound) all run before it
-        is dispatched anywhere.  One coroutine, no context managers: this is
+        is dispatched anywhere.  ``progress`` receives what the tool reports
+        while it runs, locally or from the sidecar.  One coroutine, no context managers: this is
         every call's hot path.
         """
         await self.registry.resolve(name)
@@ -90,8 +98,8 @@ class RuntimeRouter:
         try:
             if route.local is not None:
                 if tracing.enabled():
-                    return await self._traced_local(route.local, name, call_id, arguments, timeout)
-                return await route.local.invoke(arguments, timeout)
+                    return await self._traced_local(route.local, name, call_id, arguments, timeout, progress)
+                return await route.local.invoke(arguments, timeout, progress)
             if route.screen is not None and route.screen.signature.lenient:  # as the sidecar's copy will judge them
                 ignored = route.screen.signature.ignored(arguments)
                 if ignored:
@@ -105,7 +113,9 @@ class RuntimeRouter:
                     f"{name} runs on the P2P runtime but the connected sidecar does not serve it "
                     "(load its module there: SIDECAR_TOOL_DIRS)",
                 )
-            return await self.bridge.call(name, arguments, timeout=timeout, trace_id=trace_id, call_id=call_id)
+            return await self.bridge.call(
+                name, arguments, timeout=timeout, trace_id=trace_id, progress=progress, call_id=call_id
+            )
         except BridgeError as exc:
             outcome = exc.code.value
             log.debug("call of %s failed: %s", name, exc)  # debug only: callers choose how often calls fail
@@ -120,11 +130,13 @@ class RuntimeRouter:
                 self._drained.set()
 
     @staticmethod
-    async def _traced_local(tool: Any, name: str, call_id: str, arguments: dict[str, Any], timeout: float) -> Any:
+    async def _traced_local(
+        tool: Any, name: str, call_id: str, arguments: dict[str, Any], timeout: float, progress: Sink | None
+    ) -> Any:
         """A local tool call as a span of the caller's trace (only when this gateway exports traces)."""
         attributes = {"mcp.tool": name, "mcp_p2p.call_id": call_id, "mcp_p2p.runtime": "local"}
         with tracing.tracer().start_as_current_span(f"tool {name}", attributes=attributes):
-            return await tool.invoke(arguments, timeout)
+            return await tool.invoke(arguments, timeout, progress)
 
     async def wait_idle(self) -> None:
         """Return once no call is in flight (used on SIGTERM)."""
@@ -133,7 +145,7 @@ class RuntimeRouter:
             await self._drained.wait()
 
     async def serve_inbound(self, envelope: Envelope) -> Envelope:
-        """A call that came over the bridge from a remote peer: only this gateway's local tools answer."""
+        """A call that came over the bridge (a remote peer's, or a ``tool`` task's): only local tools answer."""
         name = envelope.tool or ""
         await self.registry.resolve(name)
         tool = self.registry.local_tool(name)
@@ -143,15 +155,21 @@ class RuntimeRouter:
         if remaining <= 0:
             return envelope.fail(ErrorInfo(ErrorCode.TIMEOUT, "deadline passed before the call started"))
         timeout = min(remaining, tool.metadata.timeout_seconds, self._timeout_cap)
+        bridge = self.bridge
+
+        def forward(update: Progress) -> None:  # the tool's progress goes back to the sidecar that called
+            if bridge is not None:
+                bridge.send_progress(envelope.id, update)
+
         attributes = {"mcp.tool": name, "mcp_p2p.call_id": envelope.id, "mcp_p2p.runtime": "local"}
         with tracing.served(
             f"tool {name}", traceparent=envelope.traceparent, call_id=envelope.id, attributes=attributes
         ) as span:
             try:
                 check_argument_depth(name, envelope.arguments, self._max_depth)
-                result = await tool.invoke(envelope.arguments or {}, timeout)
+                result = await tool.invoke(envelope.arguments or {}, timeout, forward)
             except BridgeError as exc:
-                log.info("inbound call to %s from a remote peer failed: %s", name, exc)
+                log.info("inbound call to %s over the bridge failed: %s", name, exc)
                 if span is not None:
                     span.set_status(StatusCode.ERROR, exc.code.value)
                 return envelope.fail(exc.info)

@@ -63,6 +63,29 @@ class GatewaySettings(BaseSettings):
         description="Answer each /mcp request with one JSON body; false streams answers as SSE "
         "(only needed for notifications sent during a call).",
     )
+    mcp_max_sessions: int = Field(
+        10_000,
+        ge=1,
+        description="Handshake-era MCP sessions open at once; a client opening one more gets 503 with Retry-After "
+        "(2026-07-28 requests hold no session).",
+    )
+    mcp_session_idle_timeout: float = Field(
+        1800.0, gt=0, description="Seconds an MCP session may go without a request before it is closed (then 404)."
+    )
+    mcp_tasks: bool = Field(
+        True,
+        description="Serve the MCP Tasks extension (2026-07-28 clients get task handles for tools that support tasks; "
+        "the tasks live in the sidecar's queue).",
+    )
+    mcp_task_poll_interval: float = Field(
+        1.0, gt=0, description="Seconds between tasks/get polls suggested to clients (pollIntervalMs)."
+    )
+    mcp_task_min_timeout: float = Field(
+        60.0,
+        gt=0,
+        description="Tools with a timeout_seconds at least this long support tasks unless their metadata says "
+        "otherwise (task_support).",
+    )
     opentelemetry: bool = Field(
         False, description="Run FastAPI's native OpenTelemetry instrumentation (needs configured OTel providers)."
     )

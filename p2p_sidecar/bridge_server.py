@@ -44,6 +44,7 @@ from shared_schema import (
 )
 from shared_schema.curve import CurveKeyError, CurveKeyPair, load_keypair, load_public_keys
 from shared_schema.limits import check_argument_depth
+from shared_schema.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ class _OutboundCall:
     gateway: bytes
     done: trio.Event = field(default_factory=trio.Event)
     reply: Envelope | None = None
+    on_progress: Callable[[Progress], None] | None = None
 
 
 class BridgeServer:
@@ -243,6 +245,11 @@ class BridgeServer:
             scope = self._running.get((identity, envelope.id))
             if scope is not None:
                 scope.cancel()
+        elif kind is Kind.PROGRESS:
+            pending = self._outbound.get(envelope.id)
+            update = Progress.from_wire(envelope.body)
+            if pending is not None and pending.on_progress is not None and update is not None:
+                pending.on_progress(update)
         elif kind is Kind.PONG:
             barrier = self._barriers.pop(envelope.id, None)
             if barrier is not None:
@@ -300,7 +307,7 @@ class BridgeServer:
                     attributes={"mcp.tool": envelope.tool or "", "mcp_p2p.call_id": envelope.id},
                 ),
             ):
-                reply = await self._run_tool(envelope)
+                reply = await self._run_tool(envelope, identity)
             self.handled_calls += 1
             self._metrics.call_latency.observe(time.perf_counter() - started)
             if reply is None:  # cancelled by the caller, or its deadline passed: nobody is waiting for an answer
@@ -316,15 +323,19 @@ class BridgeServer:
             if not self._running:
                 self._idle.set()
 
-    async def _run_tool(self, envelope: Envelope) -> Envelope:
+    async def _run_tool(self, envelope: Envelope, identity: bytes) -> Envelope:
         tool = self._catalog.get(envelope.tool or "")
         if tool is None:
             return envelope.fail(ErrorInfo(ErrorCode.UNKNOWN_TOOL, f"unknown P2P tool: {envelope.tool}"))
         # The call's own deadline is on the enclosing scope; the tool's timeout_seconds applies only
         # to calls that came without one.
         timeout = None if envelope.deadline is not None else tool.metadata.timeout_seconds
+
+        def forward(update: Progress) -> None:  # the tool's progress travels to the gateway that called
+            self._send(identity, Envelope(Kind.PROGRESS, id=envelope.id, body=update.to_wire()))
+
         try:
-            return envelope.reply(await tool.invoke(envelope.arguments or {}, timeout))
+            return envelope.reply(await tool.invoke(envelope.arguments or {}, timeout, forward))
         except BridgeError as exc:
             log.info("P2P tool %s (call %s) failed: %s", envelope.tool, envelope.id, exc)
             return envelope.fail(exc.info)
@@ -395,9 +406,18 @@ class BridgeServer:
         return max(self.gateways.values(), key=lambda link: link.last_seen, default=None)
 
     async def call_gateway(
-        self, tool: str, arguments: dict[str, Any], *, timeout: float, trace_id: str | None = None
+        self,
+        tool: str,
+        arguments: dict[str, Any],
+        *,
+        timeout: float,
+        trace_id: str | None = None,
+        on_progress: Callable[[Progress], None] | None = None,
     ) -> Any:
-        """Run one of the connected gateway's local tools; returns its result or raises ``BridgeError``."""
+        """Run one of the connected gateway's local tools; returns its result or raises ``BridgeError``.
+
+        ``on_progress`` receives what the tool reports while it runs (``shared_schema.progress``).
+        """
         link = self.pick_gateway()
         if link is None:
             raise BridgeError(ErrorCode.UNAVAILABLE, "no gateway is connected to this sidecar")
@@ -405,7 +425,7 @@ class BridgeServer:
         # carry an id that starts with that call's, so one grep finds both sides.
         serving = tracing.CALL_ID.get()
         call_id = f"{serving[:64]}>{next(self._ids):x}" if serving else f"{self._id_prefix}{next(self._ids):x}"
-        pending = _OutboundCall(link.identity)
+        pending = _OutboundCall(link.identity, on_progress=on_progress)
         self._outbound[call_id] = pending
         try:
             attributes = {"mcp.tool": tool, "mcp_p2p.call_id": call_id}
@@ -421,8 +441,12 @@ class BridgeServer:
                 )
                 if not self._send(link.identity, envelope):
                     raise BridgeError(ErrorCode.UNAVAILABLE, "the gateway's connection refused the call")
-                with trio.move_on_after(timeout):
-                    await pending.done.wait()
+                try:
+                    with trio.move_on_after(timeout):
+                        await pending.done.wait()
+                except trio.Cancelled:  # our caller gave up (a cancelled task): the gateway may stop the work
+                    self._send(link.identity, Envelope(Kind.CANCEL, id=call_id))
+                    raise
             if pending.reply is None:
                 self._send(link.identity, Envelope(Kind.CANCEL, id=call_id))
                 raise BridgeError(ErrorCode.TIMEOUT, f"gateway tool {tool!r} did not answer within {timeout:.3g}s")

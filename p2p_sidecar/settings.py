@@ -22,7 +22,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from p2p_sidecar.node.addresses import check_announce_addr, check_bootstrap_addr, check_listen_addr, check_peer_id
-from p2p_sidecar.node.membership import SecretFileError, read_secret
+from p2p_sidecar.node.membership import MIN_SECRET_BYTES, SecretFileError, read_secret
 from shared_schema.limits import DEFAULT_MAX_ARGUMENT_DEPTH
 from shared_schema.settings_types import (
     CommaList,
@@ -160,7 +160,8 @@ class SidecarSettings(BaseSettings):
     )
     bootstrap_peers: PeerAddrs = Field(
         default_factory=list,
-        description="Peers dialled at start and re-dialled with backoff: multiaddrs ending in /p2p/<peer id>.",
+        description="Peers dialled at start and re-dialled with backoff: multiaddrs, ending in /p2p/<peer id> "
+        "when it is known (without it, the id is learned from the handshake).",
     )
     bootstrap_file: Path | None = Field(
         None, description="File of more bootstrap peer multiaddrs, one per line (# starts a comment)."
@@ -181,6 +182,24 @@ class SidecarSettings(BaseSettings):
     )
     redial_max_backoff: float = Field(
         30.0, gt=0, le=3600, description="Longest wait between re-dials of a bootstrap or persisted peer."
+    )
+    peer_forget_after_failures: int = Field(
+        10,
+        ge=1,
+        le=10_000,
+        description="Failed dials in a row after which a peer that is neither bootstrap nor persisted is forgotten.",
+    )
+    peer_max_age: float = Field(
+        86400.0,
+        gt=0,
+        description="Seconds without hearing from a peer (neither bootstrap nor persisted) after which it is "
+        "forgotten.",
+    )
+    peer_idle_timeout: float = Field(
+        120.0,
+        gt=0,
+        description="A connected peer that does not serve /mcp-p2p/rpc/1.0.0 (and is neither bootstrap nor "
+        "persisted) is hung up on after this many seconds without a request from it.",
     )
     p2p_max_message_bytes: int = Field(
         4 * 1024 * 1024,
@@ -211,6 +230,25 @@ class SidecarSettings(BaseSettings):
         description="Seconds a libp2p connection may take to finish Noise + Yamux (and a stream its protocol "
         "negotiation); then it is dropped.",
     )
+    p2p_frame_timeout: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="Seconds a peer-protocol message may take to arrive once its first byte did; a slower one "
+        "resets its stream (raise it for large messages over slow links).",
+    )
+    p2p_max_partial_bytes_per_peer: int = Field(
+        8 * 1024 * 1024,
+        ge=1024,
+        description="Bytes of unfinished messages one peer may have this node hold (on all its streams); a stream "
+        "that would pass it is reset. At least SIDECAR_P2P_MAX_MESSAGE_BYTES.",
+    )
+    p2p_max_partial_bytes: int = Field(
+        32 * 1024 * 1024,
+        ge=1024,
+        description="Bytes of unfinished messages this node holds for all peers together; a stream that would pass "
+        "it is reset. At least SIDECAR_P2P_MAX_PARTIAL_BYTES_PER_PEER.",
+    )
     p2p_max_connections: int = Field(
         300,
         ge=8,
@@ -223,12 +261,23 @@ class SidecarSettings(BaseSettings):
     peer_allowlist: PeerIds = Field(
         default_factory=list,
         description="Peer ids that may claim this node's tasks, send it work and call its tools "
-        "(empty: any peer, unless SIDECAR_NETWORK_SECRET_FILE is set).",
+        "(empty: any peer that proves the network secret).",
     )
     network_secret_file: FilePath | None = Field(
         None,
         description="File with this network's shared secret (16+ bytes); peers must prove it in hello "
         "(HMAC, the secret never travels) to claim tasks or call tools.",
+    )
+    network_secret: SecretStr | None = Field(
+        None,
+        description="The network's shared secret itself (16+ characters), instead of a file; "
+        "`python -m p2p_sidecar join` prints it for another node.",
+    )
+    network_open: bool = Field(
+        False,
+        description="Run an open network: any peer that connects may claim tasks, send work and call allowed "
+        "tools. Off: closed by the secret (SIDECAR_NETWORK_SECRET[_FILE], else network.secret made in "
+        "SIDECAR_DATA_DIR on first start) and/or SIDECAR_PEER_ALLOWLIST.",
     )
 
     @field_validator("network_secret_file")
@@ -240,6 +289,25 @@ class SidecarSettings(BaseSettings):
             except SecretFileError as exc:
                 raise ValueError(str(exc)) from None
         return value
+
+    @field_validator("network_secret")
+    @classmethod
+    def _secret_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().strip().encode()) < MIN_SECRET_BYTES:
+            raise ValueError(f"a network secret needs at least {MIN_SECRET_BYTES} bytes (its value is not shown)")
+        return value
+
+    @model_validator(mode="after")
+    def _one_way_to_membership(self) -> Self:
+        """An open network with a secret or an allowlist, or two secrets, is a contradiction: refuse to guess."""
+        if self.network_secret is not None and self.network_secret_file is not None:
+            raise ValueError("set SIDECAR_NETWORK_SECRET or SIDECAR_NETWORK_SECRET_FILE, not both")
+        if self.network_open and (self.network_secret or self.network_secret_file or self.peer_allowlist):
+            raise ValueError(
+                "SIDECAR_NETWORK_OPEN=true cannot be combined with SIDECAR_NETWORK_SECRET, "
+                "SIDECAR_NETWORK_SECRET_FILE or SIDECAR_PEER_ALLOWLIST (they close the network)"
+            )
+        return self
 
     @field_validator("p2p_max_message_bytes")
     @classmethod
@@ -253,6 +321,22 @@ class SidecarSettings(BaseSettings):
                 f"SIDECAR_TASK_MAX_RESULT_BYTES ({largest} bytes) fits in a peer message "
                 "(9/4 of it as msgpack, plus 64 KiB); raise it or lower those"
             )
+        return value
+
+    @field_validator("p2p_max_partial_bytes_per_peer")
+    @classmethod
+    def _one_message_per_peer(cls, value: int, info: ValidationInfo) -> int:
+        largest = info.data.get("p2p_max_message_bytes")
+        if largest is not None and value < largest:
+            raise ValueError(f"must be at least SIDECAR_P2P_MAX_MESSAGE_BYTES ({largest}): one message must fit")
+        return value
+
+    @field_validator("p2p_max_partial_bytes")
+    @classmethod
+    def _one_peer_in_total(cls, value: int, info: ValidationInfo) -> int:
+        per_peer = info.data.get("p2p_max_partial_bytes_per_peer")
+        if per_peer is not None and value < per_peer:
+            raise ValueError(f"must be at least SIDECAR_P2P_MAX_PARTIAL_BYTES_PER_PEER ({per_peer})")
         return value
 
     @field_validator("peer_gone_timeout")

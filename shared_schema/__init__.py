@@ -10,6 +10,7 @@ tool does.
 from shared_schema.codec import DecodeError, decode, encode
 from shared_schema.envelope import ENVELOPE_VERSION, Envelope, Kind
 from shared_schema.errors import BridgeError, ErrorCode, ErrorInfo
+from shared_schema.progress import Progress, report_progress
 from shared_schema.signature import ArgumentsInvalid, Signature
 from shared_schema.tool_metadata import ToolMetadata, ToolSpec, tool_metadata
 
@@ -22,10 +23,12 @@ __all__ = [
     "ErrorCode",
     "ErrorInfo",
     "Kind",
+    "Progress",
     "Signature",
     "ToolMetadata",
     "ToolSpec",
     "decode",
     "encode",
+    "report_progress",
     "tool_metadata",
 ]

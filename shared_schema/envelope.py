@@ -3,8 +3,8 @@
 The bridge is symmetric.  The gateway calls P2P tools in the sidecar and the
 sidecar calls the gateway's local tools on behalf of remote peers, so a CALL
 can travel either way and is answered by a RESULT or an ERROR carrying the
-same ``id``.  Control kinds (HELLO, CATALOG, PING, PONG, CANCEL) keep the two
-processes in step.
+same ``id``, with any number of PROGRESS updates before it.  Control kinds
+(HELLO, CATALOG, PING, PONG, CANCEL) keep the two processes in step.
 
 ``deadline`` is absolute wall-clock time (``time.time()`` seconds).  Both
 processes share a host or a pod, so their clocks agree; an absolute deadline
@@ -40,6 +40,8 @@ class Kind(StrEnum):
     PONG = "pong"
     CANCEL = "cancel"
     """The caller gave up on ``id``; the callee may stop working on it."""
+    PROGRESS = "progress"
+    """The callee's tool reported progress on call ``id``; ``body`` is a ``Progress`` in wire form."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,6 +34,7 @@ import anyio.to_thread
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from shared_schema.errors import BridgeError, ErrorCode
+from shared_schema.progress import Sink, progress_sink
 from shared_schema.signature import ArgumentsInvalid, Signature
 from shared_schema.tool_metadata import METADATA_ATTRIBUTE, P2P_RUNTIME, RUNTIME_ATTRIBUTE, ToolMetadata, ToolSpec
 
@@ -146,12 +147,13 @@ class FunctionTool:
         )
         return cls(fn=fn, spec=spec, signature=signature, is_async=inspect.iscoroutinefunction(fn))
 
-    async def invoke(self, arguments: dict[str, Any], timeout: float | None) -> Any:
+    async def invoke(self, arguments: dict[str, Any], timeout: float | None, progress: Sink | None = None) -> Any:
         """Validate, run, and return a JSON-able result, or raise ``BridgeError``.
 
         ``timeout`` (seconds) bounds the run with its own cancel scope; pass
         None when the caller's scope already carries the deadline (the
         sidecar's bridge does), which saves a scope per call on the hot path.
+        ``progress`` receives what the tool reports with ``report_progress``.
         """
         try:
             kwargs = self.signature.bind(arguments)
@@ -160,7 +162,10 @@ class FunctionTool:
         if self.signature.lenient:
             note_ignored_arguments(self.signature.ignored(arguments))
         try:
-            with anyio.fail_after(timeout) if timeout is not None else contextlib.nullcontext():
+            with (
+                anyio.fail_after(timeout) if timeout is not None else contextlib.nullcontext(),
+                progress_sink(progress),
+            ):
                 if self.is_async:
                     result = await self.fn(**kwargs)
                 else:

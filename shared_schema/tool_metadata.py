@@ -15,6 +15,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 Runtime = Literal["fastapi", "trio", "auto"]
+TaskSupport = Literal["forbidden", "optional", "required"]
 P2P_RUNTIME: Runtime = "trio"
 
 METADATA_ATTRIBUTE = "_mcp_metadata"
@@ -44,6 +45,9 @@ class ToolMetadata(BaseModel):
     schema_version: str = "1.0"
     deprecated: bool = False
     deprecation_message: str | None = None
+    task_support: TaskSupport | None = None
+    """Whether an MCP client may (``optional``) or must (``required``) run a call as a durable task
+    (the MCP Tasks extension); unset, the gateway decides from the tool's timeout and runtime."""
 
     @property
     def runs_on_p2p(self) -> bool:

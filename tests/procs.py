@@ -93,6 +93,7 @@ class Proc:
     """Where ``python -m`` runs, so whose packages it imports (another checkout's, for an A/B bench)."""
 
     def start(self, *, wait: bool = True, timeout: float = 30.0) -> Proc:
+        self._settle_membership()
         log = self.log_path.open("ab")
         self.popen = subprocess.Popen(
             [*self.prefix, sys.executable, *self.args],
@@ -105,6 +106,18 @@ class Proc:
         if wait:
             self.wait_healthy(timeout)
         return self
+
+    def _settle_membership(self) -> None:
+        """The helpers' shared test secret steps aside for membership settings a test gave this sidecar."""
+        if self.env.get("SIDECAR_NETWORK_SECRET_FILE") == "":  # the test wants the node's own generated secret
+            del self.env["SIDECAR_NETWORK_SECRET_FILE"]
+            return
+        default = self.extra.get("test_secret_file")
+        if default is None or self.env.get("SIDECAR_NETWORK_SECRET_FILE") != default:
+            return
+        opened = self.env.get("SIDECAR_NETWORK_OPEN", "").lower() in ("1", "true", "yes", "on")
+        if opened or self.env.get("SIDECAR_NETWORK_SECRET"):
+            del self.env["SIDECAR_NETWORK_SECRET_FILE"]
 
     @property
     def pid(self) -> int:
@@ -165,17 +178,39 @@ def base_env(**overrides: str) -> dict[str, str]:
     return env
 
 
+TEST_NETWORK_SECRET = b"the test networks' shared secret, 42 bytes"
+"""Every sidecar these helpers start holds this network secret (in ``<tmp>/test-network.secret``), so sidecars
+started by one test form one closed network, as nodes configured alike do; a test that wants another secret,
+an open network, or a node's own generated secret sets the variables itself (``SIDECAR_NETWORK_SECRET_FILE``,
+``SIDECAR_NETWORK_SECRET``, ``SIDECAR_NETWORK_OPEN=true``, or ``SIDECAR_NETWORK_SECRET_FILE=""`` for the node's own),
+and the helper's default steps aside (see ``Proc.start``)."""
+
+
+def test_secret_file(tmp: Path) -> Path:
+    path = tmp / "test-network.secret"
+    if not path.exists():
+        tmp.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(TEST_NETWORK_SECRET + b"\n")
+        path.chmod(0o600)
+    return path
+
+
 def sidecar_proc(tmp: Path, name: str = "sidecar", *, endpoint: str | None = None, **env: str) -> Proc:
-    """A sidecar on free ports; its libp2p node listens on a fixed loopback port, so a restart keeps its address."""
+    """A sidecar on free ports; its libp2p node listens on a fixed loopback port, so a restart keeps its address.
+
+    It holds the test networks' shared secret unless ``env`` (or the test, before the start) says otherwise.
+    """
     admin_port = free_port()
     p2p_port = free_port()
     endpoint = endpoint or f"tcp://127.0.0.1:{free_port()}"
     data_dir = tmp / f"{name}-data"
+    secret_file = str(test_secret_file(tmp))
     settings = {
         "SIDECAR_BRIDGE_ENDPOINT": endpoint,
         "SIDECAR_ADMIN_PORT": str(admin_port),
         "SIDECAR_DATA_DIR": str(data_dir),
         "SIDECAR_LISTEN_ADDRS": f"/ip4/127.0.0.1/tcp/{p2p_port}",
+        "SIDECAR_NETWORK_SECRET_FILE": secret_file,
     }
     settings.update(env)
     return Proc(
@@ -184,7 +219,13 @@ def sidecar_proc(tmp: Path, name: str = "sidecar", *, endpoint: str | None = Non
         base_env(**settings),
         tmp / f"{name}.log",
         f"http://127.0.0.1:{admin_port}/health",
-        extra={"endpoint": endpoint, "admin_port": admin_port, "data_dir": data_dir, "p2p_port": p2p_port},
+        extra={
+            "endpoint": endpoint,
+            "admin_port": admin_port,
+            "data_dir": data_dir,
+            "p2p_port": p2p_port,
+            "test_secret_file": secret_file,
+        },
     )
 
 

@@ -144,9 +144,8 @@ def test_kubernetes_pod_is_wired_the_way_the_processes_read_it(monkeypatch: pyte
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
     token = containers["gateway"]["env"][0]
     assert token["name"] == "GATEWAY_AUTH_TOKEN" and token["valueFrom"]["secretKeyRef"]["name"] == "mcp-p2p-auth"
-    admin_token = containers["sidecar"]["env"][0]
-    assert admin_token["name"] == "SIDECAR_ADMIN_TOKEN"
-    assert admin_token["valueFrom"]["secretKeyRef"]["name"] == "mcp-p2p-auth"
+    sidecar_env = {var["name"]: var for var in containers["sidecar"]["env"]}
+    assert sidecar_env["SIDECAR_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "mcp-p2p-auth", "key": "token"}
     for container in containers.values():
         context = container["securityContext"]
         assert context["readOnlyRootFilesystem"] is True and context["allowPrivilegeEscalation"] is False
@@ -155,6 +154,24 @@ def test_kubernetes_pod_is_wired_the_way_the_processes_read_it(monkeypatch: pyte
         assert "/tmp" in mounts
     sidecar_mounts = {m["mountPath"]: m["name"] for m in containers["sidecar"]["volumeMounts"]}
     assert sidecar_mounts[config["SIDECAR_DATA_DIR"]] == sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"]
+
+
+def test_kubernetes_replicas_form_one_closed_network() -> None:
+    docs = k8s_docs()
+    config = docs["ConfigMap/mcp-p2p"]["data"]
+    sts = docs["StatefulSet/mcp-p2p"]
+    replicas = sts["spec"]["replicas"]
+    assert replicas == 2
+    # every replica's stable name (pod N of the StatefulSet, under its headless Service) is a bootstrap peer
+    service = sts["spec"]["serviceName"]
+    names = {f"/dns4/{sts['metadata']['name']}-{n}.{service}/tcp/4001" for n in range(replicas)}
+    assert set(config["SIDECAR_BOOTSTRAP_PEERS"].split(",")) == names
+    assert "SIDECAR_NETWORK_OPEN" not in config
+    # the same secret for all of them, from the Secret
+    sidecar = next(c for c in sts["spec"]["template"]["spec"]["containers"] if c["name"] == "sidecar")
+    [secret] = [var for var in sidecar["env"] if var["name"] == "SIDECAR_NETWORK_SECRET"]
+    ref = secret["valueFrom"]["secretKeyRef"]
+    assert ref["key"] in docs[f"Secret/{ref['name']}"]["stringData"]
 
 
 # -- Compose --------------------------------------------------------------------------------------
@@ -175,11 +192,25 @@ def test_compose_validation_rejects_a_misspelt_key(tmp_path: Path) -> None:
 def test_compose_services_are_wired_the_way_the_processes_read_them(monkeypatch: pytest.MonkeyPatch) -> None:
     compose = yaml.safe_load(COMPOSE.read_text())
     services = compose["services"]
-    gateway, sidecar = services["gateway"], services["sidecar"]
+    gateway, sidecar, sidecar_b = services["gateway"], services["sidecar"], services["sidecar-b"]
+    assert set(services) == {"gateway", "sidecar", "sidecar-b"}
     env = {key: str(value) for service in (gateway, sidecar) for key, value in service["environment"].items()}
     env["GATEWAY_AUTH_TOKEN"] = "x" * 32  # interpolated from the host's environment
     env["GATEWAY_ALLOWED_HOSTS"] = "*"
+    env["SIDECAR_NETWORK_SECRET"] = "y" * 32
     assert_settings_valid(env, monkeypatch, "docker-compose.yml")
+    # node b: the same network secret (from the same host variable), bootstrapping from node a by service name
+    secret = sidecar["environment"]["SIDECAR_NETWORK_SECRET"]
+    assert (
+        secret.startswith("${MCP_P2P_NETWORK_SECRET:?") and sidecar_b["environment"]["SIDECAR_NETWORK_SECRET"] == secret
+    )
+    listen_port = sidecar["environment"]["SIDECAR_LISTEN_ADDRS"].rsplit("/", 1)[1]
+    assert sidecar_b["environment"]["SIDECAR_BOOTSTRAP_PEERS"] == f"/dns4/sidecar/tcp/{listen_port}"
+    env_b = {key: str(value) for key, value in sidecar_b["environment"].items()}
+    env_b["SIDECAR_NETWORK_SECRET"] = "y" * 32
+    assert_settings_valid(env_b, monkeypatch, "docker-compose.yml sidecar-b")
+    state_b = [v for v in sidecar_b["volumes"] if v.split(":")[1] == sidecar_b["environment"]["SIDECAR_DATA_DIR"]]
+    assert state_b and state_b[0].split(":")[0] in compose["volumes"] and state_b[0] not in sidecar["volumes"]
     assert gateway["command"] == ["python", "-m", "gateway"]
     assert sidecar["command"] == ["python", "-m", "p2p_sidecar"]
     # One ipc:// socket on one shared volume.
@@ -193,7 +224,7 @@ def test_compose_services_are_wired_the_way_the_processes_read_them(monkeypatch:
     assert gateway["depends_on"]["sidecar"]["condition"] == "service_healthy"
     assert any(port.endswith(":4001") for port in sidecar["ports"])
     assert any(port.endswith(":8000") for port in gateway["ports"])
-    for service in (gateway, sidecar):
+    for service in (gateway, sidecar, sidecar_b):
         assert service["healthcheck"]["test"][:3] == ["CMD", "python", "/opt/mcp-p2p/healthcheck.py"]
         assert service["mem_limit"] and service["read_only"] is True
     assert seconds(sidecar["stop_grace_period"]) > float(env["SIDECAR_SHUTDOWN_GRACE_SECONDS"])

@@ -55,19 +55,26 @@ async def test_calls_a_local_tool_and_p2p_tools(stack: tuple[Proc, Proc], mode: 
 
 
 @pytest.mark.parametrize("mode", MODES)
-async def test_unknown_tool_and_bad_arguments_are_invalid_params(stack: tuple[Proc, Proc], mode: str) -> None:
+async def test_unknown_tool_is_invalid_params_and_bad_arguments_are_tool_errors(
+    stack: tuple[Proc, Proc], mode: str
+) -> None:
+    """SEP-1303 (2025-11-25): input validation errors are tool execution errors the model can read."""
     gateway, _ = stack
     async with Client(gateway.extra["url"] + "/mcp", mode=mode) as client:
-        for name, arguments in [
-            ("no_such_tool", {}),
-            ("hash_content", {"data": 42}),
-            ("hash_content", {}),
-            ("p2p_hash_content", {"data": "x", "algorithm": "md5"}),
-            ("echo", {"message": "x", "unexpected": 1}),
+        with pytest.raises(MCPError) as caught:
+            await client.call_tool("no_such_tool", {})
+        assert caught.value.error.code == types.INVALID_PARAMS
+        for name, arguments, mentioned in [
+            ("hash_content", {"data": 42}, "data"),
+            ("hash_content", {}, "data"),
+            ("p2p_hash_content", {"data": "x", "algorithm": "md5"}, "algorithm"),
+            ("echo", {"message": "x", "unexpected": 1}, "unexpected"),
         ]:
-            with pytest.raises(MCPError) as caught:
-                await client.call_tool(name, arguments)
-            assert caught.value.error.code == types.INVALID_PARAMS, (name, arguments)
+            result = await client.call_tool(name, arguments)
+            assert result.is_error, (name, arguments)
+            text = result.content[0].text  # type: ignore[union-attr]
+            assert text.startswith("invalid_arguments: ") and mentioned in text, (name, text)
+            assert result.structured_content["error"]["code"] == "invalid_arguments"
 
 
 async def test_handshake_client_hears_when_the_sidecar_catalog_arrives(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -63,36 +63,27 @@ def test_handshake_era_errors(stack: tuple[Proc, Proc]) -> None:
     status, body, _ = _post(url, b"{not json")
     assert status == 400 and body["error"]["code"] == -32700
     status, body, _ = _post(url, b'{"jsonrpc": "2.0", "id": 1}')
-    assert status < 500 and body["error"]["code"] in (-32600, -32602)
+    assert status == 400 and body["error"]["code"] == -32600
 
     session = {"mcp-session-id": _initialize(url)}
     cases = [
         ({"jsonrpc": "2.0", "id": 2, "method": "no/such/method"}, -32601),
         ({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "nope", "arguments": {}}}, -32602),
-        (
-            {
-                "jsonrpc": "2.0",
-                "id": 4,
-                "method": "tools/call",
-                "params": {"name": "echo", "arguments": {"message": []}},
-            },
-            -32602,
-        ),
-        (
-            {
-                "jsonrpc": "2.0",
-                "id": 5,
-                "method": "tools/call",
-                "params": {"name": "p2p_echo", "arguments": {"delay_ms": "x"}},
-            },
-            -32602,
-        ),
         ({"jsonrpc": "2.0", "id": 6, "method": "tools/call", "params": {"arguments": {}}}, -32602),
     ]
     for request, code in cases:
         status, body, _ = _post(url, json.dumps(request).encode(), session)
         assert status < 500, (request, status, body)
         assert body["error"]["code"] == code, (request, body)
+    # Arguments that do not fit the schema are tool execution errors (SEP-1303), local and P2P alike.
+    for request_id, name, arguments in [(4, "echo", {"message": []}), (5, "p2p_echo", {"delay_ms": "x"})]:
+        request = {"jsonrpc": "2.0", "id": request_id, "method": "tools/call"}
+        request["params"] = {"name": name, "arguments": arguments}
+        status, body, _ = _post(url, json.dumps(request).encode(), session)
+        assert status == 200, (request, status, body)
+        result = body["result"]
+        assert result["isError"] is True and result["structuredContent"]["error"]["code"] == "invalid_arguments"
+        assert result["content"][0]["text"].startswith("invalid_arguments: "), result
     status, body, _ = _post(url, b"[broken", session)
     assert status == 400 and body["error"]["code"] == -32700
 
@@ -113,7 +104,8 @@ def test_modern_era_errors(stack: tuple[Proc, Proc]) -> None:
         _modern_envelope("tools/call", {"name": "echo", "arguments": {"message": 1}}),
         {**version, "mcp-method": "tools/call", "mcp-name": "echo"},
     )
-    assert status < 500 and body["error"]["code"] == -32602
+    assert status == 200 and body["result"]["isError"] is True, body
+    assert "message" in body["result"]["content"][0]["text"]
     status, body, _ = _post(url, _modern_envelope("bogus/method"), {**version, "mcp-method": "bogus/method"})
     assert status < 500 and body["error"]["code"] == -32601
     status, body, _ = _post(url, _modern_envelope("tools/list"), {**version, "mcp-method": "tools/list"})

@@ -178,7 +178,10 @@ def test_a_stranger_is_refused_every_op_but_hello_and_ping(closed_net: dict[str,
     a = closed_net["a"]
     before = refusals(a)
     requests = [
-        ("hello", {"version": "x", "addrs": [], "capabilities": {"tools": [], "task_types": ["sleep"]}}),
+        (
+            "hello",
+            {"version": "x", "wire_version": 1, "addrs": [], "capabilities": {"tools": [], "task_types": ["sleep"]}},
+        ),
         ("ping", {}),
         ("queue.claim", {"worker": "w", "boot": "b", "types": ["sleep"], "max": 8}),
         ("queue.hint", {"types": ["sleep"]}),

@@ -34,7 +34,10 @@ def start(tmp: Path, **env: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.parametrize(
     ("variable", "value"),
     [
-        ("SIDECAR_BOOTSTRAP_PEERS", "/ip4/127.0.0.1/tcp/4001"),  # no /p2p/<peer id>
+        ("SIDECAR_BOOTSTRAP_PEERS", "/ip4/127.0.0.1/udp/4001"),  # not TCP
+        ("SIDECAR_BOOTSTRAP_PEERS", "/ip4/127.0.0.1/tcp/4001/p2p/not-a-peer-id"),
+        ("SIDECAR_NETWORK_SECRET", "too short"),
+        ("SIDECAR_P2P_MAX_PARTIAL_BYTES_PER_PEER", "1024"),  # less than one message
         ("SIDECAR_LISTEN_ADDRS", "/ip4/127.0.0.1/udp/4001"),
         ("SIDECAR_ANNOUNCE_ADDRS", "not-a-multiaddr"),
         ("SIDECAR_PEER_GONE_TIMEOUT", "1"),  # not longer than the 2 s ping interval
@@ -45,6 +48,24 @@ def test_bad_p2p_settings_stop_the_process_with_one_line(tmp_path: Path, variabl
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and variable in lines[0], lines
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"SIDECAR_NETWORK_OPEN": "true", "SIDECAR_NETWORK_SECRET": "0123456789abcdef0123"},
+        {
+            "SIDECAR_NETWORK_OPEN": "true",
+            "SIDECAR_PEER_ALLOWLIST": "12D3KooWGbkUhx9TC3jEhwcKaPZvvS6wTXQ4ZuBSYAEwmRCMimN6",
+        },
+    ],
+)
+def test_an_open_network_cannot_also_be_closed(tmp_path: Path, env: dict[str, str]) -> None:
+    done = start(tmp_path, **env)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "SIDECAR_NETWORK_OPEN=true cannot be combined" in lines[0], lines
+    assert "0123456789abcdef0123" not in done.stderr
 
 
 def test_listen_address_in_use(tmp_path: Path) -> None:

@@ -157,3 +157,11 @@ def test_garbage(data: bytes) -> None:
 def test_extension_types_are_refused() -> None:
     with pytest.raises(WireError):
         decode(msgpack.packb({"v": 1, "k": "res", "id": 1, "r": msgpack.ExtType(3, b"abc")}))
+
+
+def test_timestamps_are_refused_like_every_other_extension_type() -> None:
+    # msgpack decodes extension type -1 (a timestamp) itself, without the ext hook; the codec refuses it too
+    for value in (msgpack.Timestamp(5), msgpack.Timestamp(2**33, 7), msgpack.ExtType(3, b"")):
+        with pytest.raises(WireError) as caught:
+            decode(msgpack.packb({"v": 1, "k": "res", "id": 1, "r": value}))
+        assert caught.value.reason == "garbage"

@@ -35,7 +35,7 @@ async def no_gateway(tool: str, args: dict[str, Any], timeout: float) -> Any:
 @pytest.fixture
 def node(tmp_path: Path) -> Node:
     return Node(
-        SidecarSettings(data_dir=tmp_path),
+        SidecarSettings(data_dir=tmp_path, network_open=True),  # open: every peer here counts as a member
         NodeMetrics(CollectorRegistry()),
         gateway_tools=list,
         gateway_connected=lambda: False,

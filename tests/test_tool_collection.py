@@ -201,7 +201,8 @@ async def test_calls_with_right_arguments(stack: Stack, mode: str) -> None:
 
 
 @pytest.mark.parametrize("mode", MODES)
-async def test_calls_with_wrong_arguments_are_invalid_params(stack: Stack, mode: str) -> None:
+async def test_calls_with_wrong_arguments_are_tool_errors(stack: Stack, mode: str) -> None:
+    """Arguments that do not fit the schema are isError results (SEP-1303); an unknown tool is -32602."""
     bad = [
         ("admin_tools.echo_text_0", {}),
         ("admin_tools.echo_text_0", {"text": "x", "times": "many"}),
@@ -209,14 +210,16 @@ async def test_calls_with_wrong_arguments_are_invalid_params(stack: Stack, mode:
         ("admin_tools.price_order_0", {"order": {"order_id": "o", "items": [{"name": "a", "qty": "lots"}]}}),
         ("admin_tools.bounding_box_0", {"points": [{"x": 1}]}),
         ("cache_tools.find_record", {"record_id": 1, "mode": "slow"}),
-        ("cache_tools.no_such_tool", {}),
         (f"{P2P_CATEGORY}.remote_pid", {"tag": ["not", "a", "string"]}),
     ]
     async with Client(stack.url + "/mcp", mode=mode) as client:
         for name, arguments in bad:
-            with pytest.raises(MCPError) as caught:
-                await client.call_tool(name, arguments)
-            assert caught.value.error.code == types.INVALID_PARAMS, (name, arguments)
+            result = await client.call_tool(name, arguments)
+            assert result.is_error, (name, arguments)
+            assert result.structured_content["error"]["code"] == "invalid_arguments", (name, result)
+        with pytest.raises(MCPError) as caught:
+            await client.call_tool("cache_tools.no_such_tool", {})
+        assert caught.value.error.code == types.INVALID_PARAMS
 
 
 async def test_p2p_marked_tools_run_in_the_sidecar(stack: Stack) -> None:

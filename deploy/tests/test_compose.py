@@ -1,5 +1,6 @@
 """deploy/docker-compose.yml brought up with podman-compose: an MCP call through the published
-gateway port reaches the sidecar over the ipc:// bridge on the shared volume.
+gateway port reaches the sidecar over the ipc:// bridge on the shared volume, and the two nodes
+(sidecar and sidecar-b) form one closed libp2p network over the compose network.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from tests.procs import free_port
 
 COMPOSE = DEPLOY / "docker-compose.yml"
 TOKEN = "compose-" + "fedcba9876543210" * 2
+NETWORK_SECRET = "compose-network-" + "0123456789abcdef" * 2
 
 
 def compose(project: str, env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -51,6 +53,7 @@ def stack() -> Iterator[dict[str, Any]]:
         **os.environ,
         "MCP_P2P_IMAGE": image(),
         "GATEWAY_AUTH_TOKEN": TOKEN,
+        "MCP_P2P_NETWORK_SECRET": NETWORK_SECRET,
         "MCP_P2P_HTTP_PUBLISH": f"127.0.0.1:{http_port}",
         "MCP_P2P_P2P_PUBLISH": f"127.0.0.1:{p2p_port}",
     }
@@ -59,7 +62,7 @@ def stack() -> Iterator[dict[str, Any]]:
         started = time.monotonic()
         compose(project, env, "up", "-d")
         names = containers(project)
-        assert set(names) == {"gateway", "sidecar"}, names
+        assert set(names) == {"gateway", "sidecar", "sidecar-b"}, names
         try:
             wait_http(url + "/health/ready", 90, what="gateway /health/ready through the published port")
         except AssertionError:
@@ -76,10 +79,10 @@ def stack() -> Iterator[dict[str, Any]]:
     assert not [v for v in volumes if v.startswith(project)], volumes
 
 
-def sidecar_health(stack: dict[str, Any]) -> dict[str, Any]:
-    """The sidecar's admin /health, read inside its container (the compose file publishes no admin port)."""
+def sidecar_health(stack: dict[str, Any], service: str = "sidecar") -> dict[str, Any]:
+    """A sidecar's admin /health, read inside its container (the compose file publishes no admin port)."""
     script = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:8002/health').read().decode())"
-    return json.loads(podman("exec", stack["names"]["sidecar"], "python", "-c", script).stdout)
+    return json.loads(podman("exec", stack["names"][service], "python", "-c", script).stdout)
 
 
 def test_both_services_pass_their_compose_healthchecks(stack: dict[str, Any]) -> None:
@@ -105,6 +108,31 @@ def test_mcp_call_through_the_published_port_reaches_the_sidecar_over_ipc(stack:
     assert endpoint.startswith("ipc://") and after["endpoint"] == endpoint
     assert http_get(stack["url"] + "/health")[1]["bridge"]["endpoint"] == endpoint
     assert http_get(stack["url"] + "/metrics")[0] == 401
+
+
+def test_the_two_nodes_form_one_closed_network_and_b_runs_a_task_of_a(stack: dict[str, Any]) -> None:
+    node_b = sidecar_health(stack, "sidecar-b")["node"]["peer_id"]
+    started = time.monotonic()
+
+    def b_is_a_member() -> bool:
+        status, body = rest_call(stack["url"], "peer_list", {"status_filter": "connected"}, TOKEN)
+        assert status == 200, body
+        return any(peer["peer_id"] == node_b and peer["member"] for peer in body["result"]["peers"])
+
+    deadline = time.monotonic() + 60
+    while not b_is_a_member():
+        assert time.monotonic() < deadline, "sidecar-b never became a connected member of sidecar's network"
+        time.sleep(0.5)
+    record("compose: node b a connected member of node a's network", f"{time.monotonic() - started:.1f} s")
+    status, body = rest_call(stack["url"], "node_info", {}, TOKEN)
+    assert body["result"]["membership"]["closed"] is True
+    pinned = {"task_type": "echo", "payload": "for b", "metadata": {"placement": {"peer": node_b}}}
+    status, body = rest_call(stack["url"], "task_submit", pinned, TOKEN)
+    assert status == 200, body
+    task_id = body["result"]["task_id"]
+    status, body = rest_call(stack["url"], "task_wait", {"task_id": task_id, "timeout_s": 30}, TOKEN, timeout=40)
+    assert status == 200 and body["result"]["status"] == "completed", body
+    assert body["result"]["result"] == "for b" and body["result"]["executed_by"] == node_b, body
 
 
 def test_services_run_with_their_limits_and_the_libp2p_port_is_published(stack: dict[str, Any]) -> None:

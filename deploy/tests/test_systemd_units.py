@@ -222,3 +222,70 @@ def test_gateway_stays_up_and_unready_while_the_sidecar_is_down(units: tuple[Sys
     status, body = rest_call(url, "p2p_echo", {"message": "back"}, TOKEN)
     assert status == 200 and body["result"]["message"] == "back", body
     assert manager.stop(gateway) == 0 and manager.stop(sidecar) == 0
+
+
+def test_a_second_host_joins_the_closed_network_with_the_lines_join_prints(
+    units: tuple[Systemd, Unit, Unit, dict], tmp_path: Path
+) -> None:
+    # Host 1 as installed: no secret configured, so its sidecar makes one on first start. Host 2 (here a second
+    # set of processes with ports of its own) gets the two lines `python -m p2p_sidecar join` prints on host 1,
+    # run the way the env file's comment says.
+    manager, sidecar, gateway, ports = units
+    manager.start(sidecar)
+    manager.start(gateway)
+    url = f"http://127.0.0.1:{ports['http']}"
+    wait_http(url + "/health/ready", 30)
+    data_dir = manager.state_root / "mcp-p2p"
+    join = subprocess.run(
+        [sys.executable, "-m", "p2p_sidecar", "join", "--env-file", str(manager.env_file), "--data-dir", str(data_dir)],
+        capture_output=True, text=True, timeout=60, env={"PATH": SYSTEMD_PATH},
+    )  # fmt: skip
+    assert join.returncode == 0, join.stderr
+    lines = [line for line in join.stdout.splitlines() if line and not line.startswith("#")]
+    assert [line.split("=", 1)[0] for line in lines] == ["SIDECAR_NETWORK_SECRET", "SIDECAR_BOOTSTRAP_PEERS"], lines
+    assert lines[0].split("=", 1)[1] == (data_dir / "network.secret").read_text().strip()
+
+    second = tmp_path / "host2"
+    second.mkdir()
+    env2 = dict(ports["env"])
+    http2, bridge2, admin2, libp2p2 = free_port(), free_port(), free_port(), free_port()
+    env2.update(
+        GATEWAY_PORT=str(http2),
+        GATEWAY_BRIDGE_ENDPOINT=f"tcp://127.0.0.1:{bridge2}",
+        SIDECAR_BRIDGE_ENDPOINT=f"tcp://127.0.0.1:{bridge2}",
+        SIDECAR_ADMIN_PORT=str(admin2),
+        SIDECAR_LISTEN_ADDRS=f"/ip4/0.0.0.0/tcp/{libp2p2}",
+    )
+    env2.update(dict(line.split("=", 1) for line in lines))
+    env_file2 = second / "mcp-p2p.env"
+    env_file2.write_text("".join(f"{key}={value}\n" for key, value in env2.items()))
+    host2 = Systemd(second, env_file2)
+    try:
+        host2.start(sidecar)
+        host2.start(gateway)
+        url2 = f"http://127.0.0.1:{http2}"
+        wait_http(url2 + "/health/ready", 30)
+        node1 = http_get(f"http://127.0.0.1:{ports['admin']}/health")[1]["node"]["peer_id"]
+        node2 = http_get(f"http://127.0.0.1:{admin2}/health")[1]["node"]["peer_id"]
+        deadline = time.monotonic() + 30
+        while True:
+            status, body = rest_call(url, "peer_list", {"status_filter": "connected"}, TOKEN)
+            members = {peer["peer_id"] for peer in body["result"]["peers"] if peer["member"]}
+            if node2 in members:
+                break
+            assert time.monotonic() < deadline, f"host 2 never became a member of host 1's network: {body}"
+            time.sleep(0.3)
+        status, body = rest_call(url2, "p2p_remote_call_tool", {"tool_name": "echo", "remote_peer_id": node1}, TOKEN)
+        # host 1 serves no tool to peers (SIDECAR_REMOTE_TOOLS_ALLOW is empty): a member is told so, not refused
+        assert status == 403 and "SIDECAR_REMOTE_TOOLS_ALLOW" in body and "has not proven" not in body, body
+        pinned = {"task_type": "echo", "payload": "on host 2", "metadata": {"placement": {"peer": node2}}}
+        status, body = rest_call(url, "task_submit", pinned, TOKEN)
+        assert status == 200, body
+        status, body = rest_call(url, "task_wait", {"task_id": body["result"]["task_id"], "timeout_s": 20}, TOKEN)
+        assert body["result"]["status"] == "completed" and body["result"]["executed_by"] == node2, body
+        for unit in (gateway, sidecar):
+            assert host2.stop(unit) == 0, host2.log(unit)
+    finally:
+        host2.close()
+    for unit in (gateway, sidecar):
+        assert manager.stop(unit) == 0, manager.log(unit)

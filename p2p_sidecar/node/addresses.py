@@ -100,8 +100,28 @@ def check_peer_id(text: str) -> str:
     return text
 
 
+def parse_bootstrap_entry(text: str) -> PeerAddr | str:
+    """A bootstrap peer: its address with ``/p2p/<peer id>`` (a ``PeerAddr``), or the TCP address alone (a str).
+
+    Without the id, the node learns it from the Noise handshake when it first dials the address (a node
+    whose id is not known in advance, e.g. the other replica of a deployment); with it, a different key
+    at that address fails the handshake.
+    """
+    try:
+        return parse_peer_addr(text)
+    except ValueError:
+        addr = parse_multiaddr(text)
+        names = protocol_names(addr)
+        if "p2p" in names:
+            raise
+    if len(names) != 2 or names[0] not in _DIALABLE_HOSTS or names[1] != "tcp":
+        raise ValueError(f"{text!r}: bootstrap addresses are /ip4|ip6|dns*/HOST/tcp/PORT[/p2p/ID]")
+    return str(addr)
+
+
 def check_bootstrap_addr(text: str) -> str:
-    return parse_peer_addr(text).full
+    entry = parse_bootstrap_entry(text)
+    return entry.full if isinstance(entry, PeerAddr) else entry
 
 
 def parse_peer_list(lines: Iterable[str]) -> tuple[list[PeerAddr], list[int]]:

@@ -11,16 +11,25 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+import secrets
+import socket
+import time
+from collections.abc import Awaitable, Callable, Sequence
 
 import multiaddr
+import trio
 from libp2p import __version__ as libp2p_version
 from libp2p import new_swarm
+from libp2p.abc import INetConn, INetStream, INetwork, INotifee
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
+from libp2p.custom_types import TProtocol
 from libp2p.host.basic_host import BasicHost
+from libp2p.host.ping import ID as PING_PROTOCOL
+from libp2p.host.ping import PING_LENGTH
 from libp2p.network.config import LOW_WATERMARK, ConnectionConfig, RetryConfig
 from libp2p.peer.id import ID
+from libp2p.protocol_muxer.exceptions import MultiselectClientError
 from libp2p.rcmgr import new_resource_manager
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
@@ -151,3 +160,154 @@ async def stop_auto_connector(host: BasicHost) -> None:
 
 def peer_id_of(key_pair: KeyPair) -> str:
     return str(ID.from_pubkey(key_pair.public_key))
+
+
+def protocol_refused(exc: BaseException) -> bool:
+    """Whether a failed ``new_stream`` means the peer answered ``na``: it does not serve the protocol.
+
+    py-libp2p 0.8.1 wraps the multistream-select refusal in ``StreamFailure``; the
+    cause is a ``MultiselectClientError`` whose message says the protocols are not
+    supported (as opposed to a timeout or a broken connection).
+    """
+    current: BaseException | None = exc
+    for _ in range(4):
+        if current is None:
+            return False
+        if isinstance(current, MultiselectClientError) and str(current).startswith("protocols not supported"):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def connected(host: BasicHost, peer_id: str) -> bool:
+    """Whether py-libp2p has an open connection to the peer (it may list a dead one for a while)."""
+    try:
+        return bool(host.get_network().get_connections(ID.from_base58(peer_id)))
+    except ValueError:
+        return False
+
+
+async def libp2p_ping(host: BasicHost, peer_id: str) -> float:
+    """One round trip of libp2p's own ping protocol (``/ipfs/ping/1.0.0``), in milliseconds.
+
+    For peers that do not serve our protocol: most libp2p implementations serve this
+    one.  Raises what ``new_stream`` and the stream raise; the caller translates.
+    """
+    stream = await host.new_stream(ID.from_base58(peer_id), [TProtocol(str(PING_PROTOCOL))])
+    try:
+        payload = secrets.token_bytes(PING_LENGTH)
+        started = time.perf_counter()
+        await stream.write(payload)
+        echoed = b""
+        while len(echoed) < PING_LENGTH:
+            chunk = await stream.read(PING_LENGTH - len(echoed))
+            if not chunk:
+                raise EOFError("the peer closed the ping stream")
+            echoed += chunk
+        if echoed != payload:
+            raise ValueError("the peer answered the ping with other bytes")
+        return (time.perf_counter() - started) * 1000
+    finally:
+        with trio.CancelScope(shield=True):
+            try:
+                await stream.close()
+            except Exception as exc:  # boundary: closing a stream of a dead connection may raise anything
+                log.debug("closing a ping stream to %s: %s", peer_id, type(exc).__name__, exc_info=exc)
+
+
+ConnectionEvent = Callable[[str, bool], Awaitable[None]]
+"""``event(peer_id, inbound)`` for a connection that opened; for one that closed, ``inbound`` is ignored."""
+
+
+class ConnectionEvents(INotifee):
+    """py-libp2p's notifications of connections opening and closing, as two callbacks by peer id.
+
+    The node learns here of peers that connect but never open our protocol (a plain
+    libp2p node), and of connections that end, which it would otherwise notice
+    only at the next ping.
+    """
+
+    def __init__(self, on_connected: ConnectionEvent, on_disconnected: ConnectionEvent) -> None:
+        self._on_connected = on_connected
+        self._on_disconnected = on_disconnected
+
+    async def connected(self, network: INetwork, conn: INetConn) -> None:
+        muxed = conn.muxed_conn
+        initiator = getattr(muxed, "is_initiator_value", getattr(muxed, "is_initiator", False))
+        await self._on_connected(str(muxed.peer_id), not initiator)
+
+    async def disconnected(self, network: INetwork, conn: INetConn) -> None:
+        await self._on_disconnected(str(conn.muxed_conn.peer_id), False)
+
+    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
+        return None
+
+    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
+        return None
+
+    async def listen(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
+        return None
+
+    async def listen_close(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
+        return None
+
+
+async def learn_peer_id(host: BasicHost, addr: multiaddr.Multiaddr) -> str:
+    """The peer id of whoever listens at ``addr``: dial it, run the Noise handshake, hang up.
+
+    For bootstrap addresses given without ``/p2p/<id>``: py-libp2p dials only peers it
+    knows by id, but its Noise handshake authenticates the responder's key whether or not
+    the initiator expected one (``remote_peer=None``), so the id it returns is the key
+    that completed the handshake, not a claim.  The connection is closed at once; the
+    node then dials that peer the ordinary way.
+    """
+    swarm = host.get_network()
+    resolved = await resolve_names([addr])
+    if not resolved:
+        raise OSError(f"{addr}: the name does not resolve")
+    transport = swarm.transport_manager.transport_for_dialing(resolved[0])  # type: ignore[attr-defined]
+    if transport is None:
+        raise ValueError(f"no transport can dial {addr}")
+    raw = await transport.dial(resolved[0])
+    try:
+        secured = await swarm.upgrader.security_multistream.secure_outbound(raw, None)  # type: ignore[attr-defined]
+        try:
+            return str(secured.get_remote_peer())
+        finally:
+            with trio.CancelScope(shield=True):
+                await secured.close()
+    finally:
+        with trio.CancelScope(shield=True):
+            await raw.close()
+
+
+_NAMES = {"dns": 0, "dns4": socket.AF_INET, "dns6": socket.AF_INET6}
+
+
+async def resolve_names(addrs: list[multiaddr.Multiaddr]) -> list[multiaddr.Multiaddr]:
+    """Addresses with a DNS name (``/dns4/peer.example/tcp/4001``) resolved by the system's resolver.
+
+    py-libp2p 0.8.1 resolves them itself, through a DNS client that asks the name servers
+    only: names in /etc/hosts (``localhost``) or that need the search domains of
+    /etc/resolv.conf (a short service name in a pod or a compose network) do not resolve
+    there.  ``getaddrinfo`` does what every other program on the host does.  IP addresses
+    pass through; a name that does not resolve is left out.
+    """
+    result: list[multiaddr.Multiaddr] = []
+    for addr in addrs:
+        parts = str(addr).strip("/").split("/")
+        if len(parts) < 4 or parts[0] not in _NAMES or parts[2] != "tcp":
+            result.append(addr)
+            continue
+        try:
+            infos = await trio.socket.getaddrinfo(parts[1], int(parts[3]), _NAMES[parts[0]], socket.SOCK_STREAM)
+        except OSError as exc:
+            log.debug("resolving %s: %s", addr, exc)
+            continue
+        rest = "/" + "/".join(parts[4:]) if len(parts) > 4 else ""
+        for family, _, _, _, sockaddr in infos:
+            kind = "ip4" if family == socket.AF_INET else "ip6"
+            text = f"/{kind}/{sockaddr[0]}/tcp/{sockaddr[1]}{rest}"
+            if multiaddr.Multiaddr(text) not in result:
+                result.append(multiaddr.Multiaddr(text))
+    return result

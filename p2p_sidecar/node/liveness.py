@@ -28,8 +28,9 @@ from shared_schema import BridgeError
 
 log = logging.getLogger(__name__)
 
-Pinger = Callable[[str, float], Awaitable[float]]
-"""Ping ``peer_id`` within ``timeout`` seconds; return the round trip in ms or raise ``BridgeError``."""
+Pinger = Callable[[str, float], Awaitable[float | None]]
+"""Ping ``peer_id`` within ``timeout`` seconds; return the round trip in ms (None: alive, nothing to time) or raise
+``BridgeError``."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class LivenessPolicy:
         record.last_contact_mono = now
         record.last_seen = wall
         record.consecutive_failures = 0
+        record.last_used_mono = now
         record.dial_failures = 0
         record.next_dial_mono = 0.0
         record.last_error = None
@@ -70,9 +72,11 @@ class LivenessPolicy:
             record.last_seen = wall
             record.consecutive_failures = 0
 
-    def pinged(self, record: PeerRecord, now: float, wall: float, rtt_ms: float) -> None:
+    def pinged(self, record: PeerRecord, now: float, wall: float, rtt_ms: float | None) -> None:
         self.contact(record, now, wall)
         record.pings_ok += 1
+        if rtt_ms is None:
+            return
         record.last_rtt_ms = rtt_ms
         record.min_rtt_ms = rtt_ms if record.min_rtt_ms is None else min(record.min_rtt_ms, rtt_ms)
         record.max_rtt_ms = rtt_ms if record.max_rtt_ms is None else max(record.max_rtt_ms, rtt_ms)

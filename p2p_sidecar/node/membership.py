@@ -11,17 +11,21 @@ alone or together:
   both peer ids and fresh nonces, so the secret itself never travels and a
   proof is worth nothing on any other connection (Noise binds the ids).
 
-With both set, a member must be on the list *and* prove the secret.  With
-neither, the network is open: every peer that completes a handshake is a
-member (the behaviour before these settings existed), and start-up says so.
+With both set, a member must be on the list *and* prove the secret.  A node
+is closed by default: with neither setting, it uses a secret of its own,
+made on first start in ``SIDECAR_DATA_DIR/network.secret`` (the way a private
+IPFS network shares a swarm key; ``python -m p2p_sidecar join`` prints what
+another node needs to join).  Only ``SIDECAR_NETWORK_OPEN=true`` opens it:
+then every peer that completes a handshake is a member, and start-up warns.
 
 Only ``hello`` (which carries the proof) and ``ping`` (liveness) are open to
 non-members.  Every other op, including ops other subsystems register later,
 is refused with ``forbidden``: deny by default, so a new op cannot be exposed
 by forgetting to protect it.
 
-Synchronous and free of I/O (the secret is read by the caller at start-up);
-the proofs are pure functions, so both ends compute the same bytes.
+The decisions are synchronous and free of I/O (the secret is read, or made,
+by the caller at start-up with the two file functions here); the proofs are
+pure functions, so both ends compute the same bytes.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import collections
 import hashlib
 import hmac
 import logging
+import os
 import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -46,6 +51,9 @@ MIN_SECRET_BYTES = 16
 MAX_SECRET_BYTES = 4096
 MAX_REMEMBERED_FAILURES = 4096
 """Why a peer's last proof failed, kept for the refusal message; bounded (peer ids are free to make)."""
+
+SECRET_FILE = "network.secret"
+"""The secret a node makes for itself on first start, in SIDECAR_DATA_DIR, when none is configured."""
 
 NOT_ON_ALLOWLIST = "not_on_allowlist"
 NO_PROOF = "no_secret_proof"
@@ -72,6 +80,36 @@ def read_secret(path: Path) -> bytes:
             "(e.g. python -c 'import secrets; print(secrets.token_hex(32))')"
         )
     return secret
+
+
+def load_or_create_secret(data_dir: Path) -> tuple[bytes, bool]:
+    """This node's own network secret in ``data_dir``, made (64 hex characters, mode 0600) if absent.
+
+    Returns the secret and whether it was made just now.  Made atomically (a temporary file opened with
+    ``O_EXCL``, then renamed without replacing), so two processes starting at once agree on one secret.
+    """
+    path = data_dir / SECRET_FILE
+    if path.exists():
+        return read_secret(path), False
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, (secrets.token_hex(32) + "\n").encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(temporary, path)  # fails if another process made one first: theirs wins
+            created = True
+        except FileExistsError:
+            created = False
+        finally:
+            temporary.unlink(missing_ok=True)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        raise SecretFileError(f"cannot write {path}: {exc.strerror}") from None
+    return read_secret(path), created
 
 
 def _mac(secret: bytes, *parts: str) -> str:
@@ -110,9 +148,12 @@ class Membership:
         *,
         allowlist: Iterable[str] = (),
         secret: bytes | None = None,
+        secret_source: str = "SIDECAR_NETWORK_SECRET_FILE",
         on_refused: Callable[[str], None] = lambda reason: None,
     ) -> None:
         self._own_id = own_id
+        self.secret_source = secret_source
+        """Where the secret came from, for people: a setting's name, or the file this node made."""
         self._allowlist = frozenset(allowlist)
         self._secret = secret
         self._on_refused = on_refused
@@ -133,14 +174,14 @@ class Membership:
         """One line for the start-up log (names the settings, never the secret)."""
         if not self.closed:
             return (
-                "libp2p network is OPEN: any peer that connects may claim this node's tasks, send it work and "
-                "call its allowed tools (set SIDECAR_PEER_ALLOWLIST and/or SIDECAR_NETWORK_SECRET_FILE to close it)"
+                "libp2p network is OPEN (SIDECAR_NETWORK_OPEN=true): any peer that connects may claim this node's "
+                "tasks, send it work and call its allowed tools"
             )
         rules = []
         if self._allowlist:
             rules.append(f"on SIDECAR_PEER_ALLOWLIST ({len(self._allowlist)} peer ids)")
         if self._secret is not None:
-            rules.append("proving SIDECAR_NETWORK_SECRET_FILE in hello")
+            rules.append(f"proving the network secret ({self.secret_source}) in hello")
         return f"libp2p network is closed: only peers {' and '.join(rules)} may use ops other than hello and ping"
 
     # -- the hello exchange -----------------------------------------------------------------------
@@ -231,7 +272,7 @@ class Membership:
             refusal = Refusal(
                 reason,
                 f"node {self._own_id} refuses {op!r}: peer {peer_id} has not proven this network's secret "
-                f"(SIDECAR_NETWORK_SECRET_FILE): {detail}",
+                f"({self.secret_source}): {detail}",
             )
         else:
             return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from p2p_sidecar.node.budget import PartialFrameBudget
 from p2p_sidecar.node.peers import PeerState, PeerTable
 
 _LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -26,7 +27,8 @@ class NodeMetrics:
         )
         self.protocol_errors = Counter(
             "sidecar_p2p_protocol_errors_total",
-            "Bad input on the peer protocol (garbage, oversize, bad fields...); the stream is reset or answered.",
+            "Bad input on the peer protocol (garbage, oversize, bad fields, too_slow and over_budget unfinished "
+            "messages...); the stream is reset or answered.",
             ["reason"],
             registry=registry,
         )
@@ -46,6 +48,14 @@ class NodeMetrics:
             registry=registry,
         )
         self.peers = Gauge("sidecar_p2p_peers", "Peers known to this node, by state.", ["state"], registry=registry)
+        self.partial_bytes = Gauge(
+            "sidecar_p2p_partial_frame_bytes",
+            "Bytes of unfinished peer-protocol messages held now (bounded by SIDECAR_P2P_MAX_PARTIAL_BYTES).",
+            registry=registry,
+        )
+
+    def bind_budget(self, budget: PartialFrameBudget) -> None:
+        self.partial_bytes.set_function(lambda: budget.held)
 
     def bind_table(self, table: PeerTable) -> None:
         for state in PeerState:

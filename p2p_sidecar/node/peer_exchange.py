@@ -1,7 +1,7 @@
 """Learning peers from peers: the ``peers`` op of our protocol, asked periodically.
 
-Each node answers ``peers`` with the peers it is connected to right now
-(their self-advertised addresses, at most ``MAX_SHARED``), and every
+Each node answers ``peers`` with the peers it is connected to right now that
+serve our protocol (their self-advertised addresses, at most ``MAX_SHARED``), and every
 ``SIDECAR_PEER_EXCHANGE_INTERVAL`` asks each of its live peers the same,
 and once right after connecting to a new one so a fresh node learns the
 network in one round trip.  What comes back is checked like any input from
@@ -41,7 +41,7 @@ def shareable(table: PeerTable, requester: str) -> list[dict[str, Any]]:
     peers = [
         {"peer_id": record.peer_id, "addrs": record.addrs[:MAX_ADDRS_PER_PEER]}
         for record in table.in_state(PeerState.CONNECTED)
-        if record.peer_id != requester and record.addrs
+        if record.peer_id != requester and record.addrs and record.serves_rpc is not False
     ]
     return peers[:MAX_SHARED]
 
@@ -127,7 +127,8 @@ class PeerExchange:
 
         async with trio.open_nursery() as nursery:
             for record in self._table.in_state(PeerState.CONNECTED):
-                nursery.start_soon(ask, record.peer_id)
+                if record.serves_rpc is not False:  # a peer that does not serve our protocol cannot answer
+                    nursery.start_soon(ask, record.peer_id)
         return learned
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

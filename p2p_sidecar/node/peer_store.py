@@ -46,7 +46,8 @@ CREATE TABLE IF NOT EXISTS peers (
     latency_ms REAL,
     capabilities TEXT NOT NULL,
     version TEXT,
-    persist INTEGER NOT NULL DEFAULT 0
+    persist INTEGER NOT NULL DEFAULT 0,
+    serves_rpc INTEGER
 );
 CREATE TABLE IF NOT EXISTS latency_samples (peer_id TEXT NOT NULL, at REAL NOT NULL, rtt_ms REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS latency_samples_by_peer ON latency_samples (peer_id, at);
@@ -91,11 +92,11 @@ class PeerStore:
 
     def load(self) -> list[PeerRecord]:
         rows = self._db.execute(
-            "SELECT peer_id, addrs, sources, first_seen, last_seen, latency_ms, capabilities, version, persist "
-            "FROM peers"
+            "SELECT peer_id, addrs, sources, first_seen, last_seen, latency_ms, capabilities, version, persist, "
+            "serves_rpc FROM peers"
         ).fetchall()
         records = []
-        for peer_id, addrs, sources, first_seen, last_seen, latency_ms, capabilities, version, persist in rows:
+        for peer_id, addrs, sources, first_seen, last_seen, latency_ms, capabilities, version, persist, rpc in rows:
             records.append(
                 PeerRecord(
                     peer_id,
@@ -109,6 +110,7 @@ class PeerStore:
                     capabilities=_json_dict(capabilities),
                     version=version,
                     persist=bool(persist),
+                    serves_rpc=None if rpc is None else bool(rpc),
                 )
             )
         return records
@@ -131,6 +133,7 @@ class PeerStore:
                     json.dumps(record.capabilities),
                     record.version,
                     int(record.persist),
+                    None if record.serves_rpc is None else int(record.serves_rpc),
                 )
             )
             if record.last_rtt_ms is not None and now - self._last_sample.get(record.peer_id, 0.0) >= SAMPLE_EVERY:
@@ -139,10 +142,11 @@ class PeerStore:
         with self._db:
             self._db.executemany(
                 "INSERT INTO peers (peer_id, addrs, last_state, sources, first_seen, last_seen, latency_ms, "
-                "capabilities, version, persist) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "capabilities, version, persist, serves_rpc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (peer_id) DO UPDATE SET addrs = excluded.addrs, last_state = excluded.last_state, "
                 "sources = excluded.sources, last_seen = excluded.last_seen, latency_ms = excluded.latency_ms, "
-                "capabilities = excluded.capabilities, version = excluded.version, persist = excluded.persist",
+                "capabilities = excluded.capabilities, version = excluded.version, persist = excluded.persist, "
+                "serves_rpc = excluded.serves_rpc",
                 rows,
             )
             if samples:
@@ -172,6 +176,9 @@ def _connect(path: Path) -> sqlite3.Connection:
         connection.execute("PRAGMA journal_mode=WAL")
         connection.execute("PRAGMA synchronous=NORMAL")
         connection.executescript(_SCHEMA)
+        columns = {row[1] for row in connection.execute("PRAGMA table_info(peers)")}
+        if "serves_rpc" not in columns:  # a database from before the column existed: add it, keep the rows
+            connection.execute("ALTER TABLE peers ADD COLUMN serves_rpc INTEGER")
         with connection:
             connection.execute(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)

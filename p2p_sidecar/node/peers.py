@@ -31,6 +31,17 @@ class PeerState(StrEnum):
 LIVE_STATES = frozenset({PeerState.CONNECTED, PeerState.UNREACHABLE})
 
 
+class RpcRole(StrEnum):
+    """What a peer does with our protocol ``/mcp-p2p/rpc/1.0.0`` (docs/p2p-protocol.md, "Peers that do not serve")."""
+
+    FULL = "full"
+    """It serves the protocol: it answered a request of ours."""
+    CLIENT = "client"
+    """It sends us requests but refuses streams of the protocol we open (a client-only implementation)."""
+    NONE = "none"
+    """A libp2p peer that refuses the protocol and has not used it: identify, ping and nothing of ours."""
+
+
 @dataclass
 class PeerRecord:
     peer_id: str
@@ -44,6 +55,8 @@ class PeerRecord:
     capabilities_revision: str | None = None
     version: str | None = None
     persist: bool = False
+    serves_rpc: bool | None = None
+    """Whether it serves our protocol: True once it answered us, False once it refused the protocol, else unknown."""
     # -- this run only ------------------------------------------------------
     connected_since: float | None = None
     last_contact_mono: float | None = None
@@ -56,6 +69,8 @@ class PeerRecord:
     pings_failed: int = 0
     requests_out: int = 0
     requests_in: int = 0
+    last_used_mono: float | None = None
+    """When it connected, or last sent us a request (this run): how long a peer that does not serve us is kept."""
     dial_failures: int = 0
     next_dial_mono: float = 0.0
     last_error: str | None = None
@@ -63,6 +78,14 @@ class PeerRecord:
     @property
     def is_bootstrap(self) -> bool:
         return "bootstrap" in self.sources
+
+    @property
+    def rpc_role(self) -> RpcRole | None:
+        if self.serves_rpc:
+            return RpcRole.FULL
+        if self.serves_rpc is False:
+            return RpcRole.CLIENT if self.requests_in else RpcRole.NONE
+        return None
 
     def matches(self, capability_filter: Iterable[str]) -> bool:
         """Whether the peer offers every item: ``tool:NAME``, ``task:TYPE``, or a bare name meaning either."""
@@ -92,6 +115,7 @@ class PeerRecord:
             "sources": sorted(self.sources),
             "persist": self.persist,
             "version": self.version,
+            "rpc": None if self.rpc_role is None else self.rpc_role.value,
         }
         if include_metrics:
             report["metrics"] = self.metrics()
@@ -179,6 +203,11 @@ class PeerTable:
 
     def remove(self, peer_id: str) -> None:
         self._peers.pop(peer_id, None)
+
+    def forget(self, peer_id: str) -> None:
+        """Remove a peer here and (at the next save) from the database."""
+        if self._peers.pop(peer_id, None) is not None:
+            self.evicted.append(peer_id)
 
     def __iter__(self) -> Iterator[PeerRecord]:
         return iter(list(self._peers.values()))

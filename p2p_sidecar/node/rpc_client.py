@@ -25,6 +25,7 @@ from typing import Any
 import trio
 from libp2p.abc import INetStream
 
+from p2p_sidecar.node.budget import PartialFrameBudget
 from p2p_sidecar.node.metrics import NodeMetrics
 from p2p_sidecar.node.streams import FramedStream, StreamGone
 from p2p_sidecar.node.wire import Reply, Request, WireError, decode, encode
@@ -47,8 +48,19 @@ class _Pool:
 
 
 class RpcClient:
-    def __init__(self, open_stream: StreamOpener, *, max_bytes: int, streams_per_peer: int, metrics: NodeMetrics):
+    def __init__(
+        self,
+        open_stream: StreamOpener,
+        *,
+        max_bytes: int,
+        streams_per_peer: int,
+        metrics: NodeMetrics,
+        budget: PartialFrameBudget | None = None,
+        frame_timeout: float = float("inf"),
+    ):
         self._open = open_stream
+        self._budget = budget
+        self._frame_timeout = frame_timeout
         self._max_bytes = max_bytes
         self._streams_per_peer = streams_per_peer
         self._metrics = metrics
@@ -142,7 +154,9 @@ class RpcClient:
         if pool.idle:
             stream = pool.idle.pop()
         else:
-            stream = FramedStream(await self._open(peer_id), self._max_bytes)
+            stream = FramedStream(
+                await self._open(peer_id), self._max_bytes, budget=self._budget, frame_timeout=self._frame_timeout
+            )
             self._metrics.streams_opened.inc()
         reusable = False
         try:

@@ -6,6 +6,10 @@ A handler is ``async def handler(ctx: RpcContext, args: dict) -> result``;
 it raises ``BridgeError`` for a defined refusal, and whatever else it raises
 becomes an ``internal`` error reply, never a crash.
 
+Every op but ``hello`` needs the two nodes to have exchanged a hello first
+(in either direction): until then it is answered ``unavailable`` with
+``data.hello_required``, and the caller says hello and asks again.
+
 Each inbound stream is read by one task; every request on it runs as its own
 task (so a client may pipeline), bounded by ``SIDECAR_P2P_MAX_INBOUND_REQUESTS``
 across the node, and answered under its id.  Bytes that are not our protocol
@@ -24,6 +28,7 @@ from typing import Any
 import trio
 from libp2p.abc import INetStream
 
+from p2p_sidecar.node.budget import PartialFrameBudget
 from p2p_sidecar.node.membership import Refusal
 from p2p_sidecar.node.metrics import NodeMetrics
 from p2p_sidecar.node.streams import FramedStream, StreamGone
@@ -33,6 +38,8 @@ from shared_schema import BridgeError, ErrorCode, tracing
 log = logging.getLogger(__name__)
 
 WARN_EVERY = 10.0
+HELLO = "hello"
+"""The one op a peer may use before the two nodes have exchanged a hello."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,8 +67,14 @@ class RpcServer:
         max_streams_per_peer: int = 64,
         on_request: Callable[[str], None] = lambda peer_id: None,
         gate: Gate = lambda peer_id, op: None,
+        budget: PartialFrameBudget | None = None,
+        frame_timeout: float = float("inf"),
+        introduced: Callable[[str], bool] = lambda peer_id: True,
     ) -> None:
         self._max_bytes = max_bytes
+        self._introduced = introduced
+        self._budget = budget
+        self._frame_timeout = frame_timeout
         self._max_in_flight = max_in_flight
         self._metrics = metrics
         self._on_request = on_request
@@ -89,7 +102,7 @@ class RpcServer:
 
     # -- one inbound stream ---------------------------------------------------------
     async def handle_stream(self, stream: INetStream) -> None:
-        framed = FramedStream(stream, self._max_bytes)
+        framed = FramedStream(stream, self._max_bytes, budget=self._budget, frame_timeout=self._frame_timeout)
         peer = framed.peer_id
         if self._streams.get(peer, 0) >= self._max_streams_per_peer:
             self._metrics.protocol_errors.labels("too_many_streams").inc()
@@ -169,6 +182,13 @@ class RpcServer:
         denied = self._gate(peer_id, request.op)
         if denied is not None:
             return error_reply(request.id, ErrorCode.FORBIDDEN, denied.message, {"reason": denied.reason})
+        if request.op != HELLO and not self._introduced(peer_id):
+            return error_reply(
+                request.id,
+                ErrorCode.UNAVAILABLE,
+                "say hello first: this node does not count you as connected (it restarted, or hung up on you)",
+                {"hello_required": True},
+            )
         if request.op not in self._ops:
             return error_reply(request.id, ErrorCode.UNKNOWN_TOOL, f"unknown op {request.op!r}", {"ops": self.ops})
         if self.in_flight >= self._max_in_flight:

@@ -109,10 +109,21 @@ def _reject_ext(code: int, data: bytes) -> Any:
     raise ValueError(f"msgpack extension type {code} is not allowed")
 
 
+_UNPACK_OPTIONS: dict[str, Any] = {
+    "raw": False,
+    "strict_map_key": True,
+    "ext_hook": _reject_ext,
+    # msgpack decodes extension type -1 (timestamps) itself, without calling ext_hook; an extension of at most
+    # 0 bytes of data refuses timestamps too, so no extension type of any kind gets in.
+    "max_ext_len": 0,
+    "timestamp": 0,
+}
+
+
 def decode(body: bytes) -> Message:
     """Turn one frame body into a ``Request`` or ``Reply``, or raise ``WireError``."""
     try:
-        wire = msgpack.unpackb(body, raw=False, strict_map_key=True, ext_hook=_reject_ext, timestamp=0)
+        wire = msgpack.unpackb(body, **_UNPACK_OPTIONS)
     except (ValueError, TypeError, msgpack.UnpackException, RecursionError) as exc:
         raise WireError("garbage", f"not msgpack ({type(exc).__name__})") from None
     if not isinstance(wire, dict):
@@ -161,32 +172,52 @@ class FrameReader:
 
     A header announcing more than ``max_bytes`` raises ``WireError("too_large")``
     at once, before the body arrives, so an oversize message never occupies
-    memory; the caller resets the stream.
+    memory; the caller resets the stream.  ``buffered`` is what an unfinished
+    frame holds now (the caller charges it to the node's budget and times it):
+    the body's parts are kept as they came and joined once, when the last one
+    arrives, so a large frame is never copied while it grows.
     """
 
     def __init__(self, max_bytes: int) -> None:
         self._max = max_bytes
-        self._buffer = bytearray()
+        self._head = b""
+        self._parts: list[bytes] = []
+        self._have = 0
         self._need: int | None = None
 
     @property
     def buffered(self) -> int:
-        return len(self._buffer)
+        """Bytes held for the frame in progress: its body so far (or the part of a header that came)."""
+        return len(self._head) + self._have
+
+    @property
+    def in_frame(self) -> bool:
+        """Whether a frame has begun and not finished (a header alone counts)."""
+        return bool(self._head) or self._need is not None
 
     def feed(self, data: bytes) -> list[bytes]:
-        self._buffer += data
         bodies: list[bytes] = []
-        while True:
+        view = memoryview(data)
+        while view:
             if self._need is None:
-                if len(self._buffer) < HEADER.size:
-                    return bodies
-                (length,) = HEADER.unpack_from(self._buffer)
+                missing = HEADER.size - len(self._head)
+                self._head += bytes(view[:missing])
+                view = view[missing:]
+                if len(self._head) < HEADER.size:
+                    break
+                (length,) = HEADER.unpack(self._head)
                 if length > self._max:
                     raise WireError("too_large", f"frame of {length} bytes announced; the limit is {self._max}")
-                del self._buffer[: HEADER.size]
+                self._head = b""
                 self._need = length
-            if len(self._buffer) < self._need:
-                return bodies
-            bodies.append(bytes(self._buffer[: self._need]))
-            del self._buffer[: self._need]
-            self._need = None
+            take = min(self._need - self._have, len(view))
+            if take:
+                self._parts.append(bytes(view[:take]))
+                self._have += take
+                view = view[take:]
+            if self._have == self._need:
+                bodies.append(self._parts[0] if len(self._parts) == 1 else b"".join(self._parts))
+                self._parts = []
+                self._have = 0
+                self._need = None
+        return bodies

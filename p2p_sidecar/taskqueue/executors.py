@@ -21,6 +21,7 @@ once instead of failing later on some worker.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable
@@ -33,6 +34,7 @@ import trio
 from p2p_sidecar.taskqueue.errors import InvalidRequest, TaskFailed
 from shared_schema import BridgeError, ErrorCode
 from shared_schema.content import cid_v1_raw, payload_bytes
+from shared_schema.progress import Progress, Sink
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +53,9 @@ class LocalTools(Protocol):
 
     def has(self, name: str) -> bool: ...
 
-    async def call(self, name: str, arguments: dict[str, Any], *, timeout: float) -> Any: ...
+    async def call(
+        self, name: str, arguments: dict[str, Any], *, timeout: float, progress: Sink | None = None
+    ) -> Any: ...
 
 
 def _no_progress(message: str | None = None, done: float | None = None, total: float | None = None) -> None:
@@ -204,12 +208,18 @@ async def run_tool(payload: Any, context: TaskContext) -> Any:
         raise TaskFailed(message, retryable=False, code="forbidden")
     arguments = payload.get("arguments", {})
     timeout = max(0.1, context.remaining())
+
+    def forward(update: Progress) -> None:
+        """The tool's own progress (a sidecar tool's, or a gateway tool's across the bridge) is the task's."""
+        with contextlib.suppress(TaskFailed):  # a tool's malformed update is dropped, never the task's failure
+            context.report_progress(message=update.message, done=update.done, total=update.total)
+
     try:
         if context.local_tools is not None and context.local_tools.has(tool):
-            return await context.local_tools.call(tool, arguments, timeout=timeout)
+            return await context.local_tools.call(tool, arguments, timeout=timeout, progress=forward)
         if context.call_gateway is None:
             raise TaskFailed("this sidecar has no bridge to a gateway", code="unavailable")
-        return await context.call_gateway(tool, arguments, timeout=timeout)
+        return await context.call_gateway(tool, arguments, timeout=timeout, on_progress=forward)
     except BridgeError as exc:
         retryable = exc.code in (ErrorCode.UNAVAILABLE, ErrorCode.BUSY, ErrorCode.TIMEOUT)
         raise TaskFailed(f"tool {tool!r}: {exc.message}", retryable=retryable, code=exc.code.value) from None

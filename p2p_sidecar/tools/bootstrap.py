@@ -165,6 +165,18 @@ def register_bootstrap_tools(catalog: ToolCatalog, node: Node) -> None:
                     "next_dial_in_s": round(max(0.0, record.next_dial_mono - now), 3) if record else 0.0,
                 }
             )
+        for addr, origin in sorted(node.unresolved_bootstrap.items()):
+            entries.append(
+                {
+                    "peer_id": None,
+                    "multiaddr": addr,
+                    "origin": origin,
+                    "status": "resolving",  # given without /p2p/<id>: the id is learned at the first handshake
+                    "last_seen": None,
+                    "dial_failures": 0,
+                    "next_dial_in_s": 0.0,
+                }
+            )
         return {"bootstrap": entries, "count": len(entries), "checked_at": time.time()}
 
     catalog.add(bootstrap_network, category="bootstrap", timeout_seconds=MAX_TOOL_SECONDS)

@@ -14,6 +14,7 @@ from typing import Any
 
 from shared_schema import BridgeError, ErrorCode, ToolMetadata, ToolSpec
 from shared_schema.function_tool import FunctionTool, metadata_of
+from shared_schema.progress import Sink
 
 
 class ToolCatalog:
@@ -99,8 +100,9 @@ class CatalogTools:
     def has(self, name: str) -> bool:
         return self._catalog.get(name) is not None
 
-    async def call(self, name: str, arguments: dict[str, Any], *, timeout: float) -> Any:
+    async def call(self, name: str, arguments: dict[str, Any], *, timeout: float, progress: Sink | None = None) -> Any:
+        """Run one of this sidecar's tools; ``progress`` receives what it reports (``report_progress``)."""
         tool = self._catalog.get(name)
         if tool is None:
             raise BridgeError(ErrorCode.UNKNOWN_TOOL, f"unknown P2P tool: {name}")
-        return await tool.invoke(arguments, timeout)
+        return await tool.invoke(arguments, timeout, progress)

@@ -45,6 +45,7 @@ from shared_schema.compat.collection import LazyModule, choose_providers
 from shared_schema.compat.guard import disable_auto_installers
 from shared_schema.errors import BridgeError, ErrorCode
 from shared_schema.function_tool import FunctionTool
+from shared_schema.progress import Sink
 from shared_schema.signature import Signature
 from shared_schema.tool_metadata import ToolSpec
 
@@ -79,14 +80,14 @@ class CachedTool(FunctionTool):
             ErrorCode.TOOL_UNAVAILABLE, f"tool {self.name!r} is unavailable: {self.module.source.label}: {reason}"
         )
 
-    async def invoke(self, arguments: dict[str, Any], timeout: float | None) -> Any:
+    async def invoke(self, arguments: dict[str, Any], timeout: float | None, progress: Sink | None = None) -> Any:
         assert self.module is not None
         if self.module.resolution is None:
             with anyio.fail_after(timeout) if timeout is not None else contextlib.nullcontext():
                 tool = await anyio.to_thread.run_sync(self._imported, abandon_on_cancel=True)
         else:
             tool = self._imported()
-        return await tool.invoke(arguments, timeout)
+        return await tool.invoke(arguments, timeout, progress)
 
 
 def _load(settings: SidecarSettings) -> tuple[list[FunctionTool], dict[str, int]]:

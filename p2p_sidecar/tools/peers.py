@@ -81,6 +81,7 @@ async def connect_peer(
             "persist": record.persist,
             "capabilities": record.capabilities,
             "version": record.version,
+            "rpc": None if record.rpc_role is None else record.rpc_role.value,
         }
     assert error is not None or attempt == 0
     if error is None:

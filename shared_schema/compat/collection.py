@@ -166,7 +166,7 @@ class LazyModule:
             log.error("tool module %s failed to import: %s\n%s", source.label, exc.reason, exc.details.rstrip())
             reason = f"module {source.label} failed to import: {exc.reason}"
             # The names it was listed under (from the cache), or, never having been seen, the module's own.
-            own = source.tool_name or f"{source.category}.{source.stem}"
+            own = source.tool_name or (source.stem if source.bare_names else f"{source.category}.{source.stem}")
             names = [spec.name for spec in self.cached or ()] or [own]
             stand_ins = tuple(unavailable_tool(name, source.category, reason) for name in names)
             return Resolution(stand_ins, exc, complete=False)
@@ -239,6 +239,8 @@ class ToolCollection:
         self._by_category: dict[str, list[LazyModule]] = {}
         for module in self.modules:
             self._by_category.setdefault(module.source.category, []).append(module)
+        self._bare = [module for module in self.modules if module.source.bare_names]
+        """Modules of bare-named categories: a name without a dot may be any of theirs."""
 
     def modules_of(self, category: str) -> list[LazyModule]:
         return self._by_category.get(category, [])
@@ -249,8 +251,9 @@ class ToolCollection:
 
     def _pending(self, name: str) -> list[LazyModule]:
         """Unimported modules that may provide ``name`` (never one whose cached specs lack it)."""
-        category = name.partition(".")[0]
-        pending = [m for m in self._by_category.get(category, ()) if m.resolution is None]
+        category, dot, _ = name.partition(".")
+        pool = self._by_category.get(category, ()) if dot else self._bare
+        pending = [m for m in pool if m.resolution is None]
         named = [m for m in pending if name in (m.known_names() or ()) or m.source.tool_name == name]
         return named or [m for m in pending if m.known_names() is None]
 
@@ -264,7 +267,7 @@ class ToolCollection:
         Reads the candidates' source text (a function named unlike its file is found without importing its
         neighbours), so call it from a worker thread.
         """
-        short = name.partition(".")[2]
+        short = name.partition(".")[2] or name
 
         def mentions(module: LazyModule) -> bool:
             path = module.source.path

@@ -13,7 +13,8 @@ them by default (``selection="original"``):
 2. Also, functions defined in the module that ``@tool_metadata`` marks for
    the P2P runtime (``runtime="trio"`` or ``requires_p2p=True``), whatever
    their name: that server's P2P registration means to add exactly these.
-3. Each tool is named ``<category>.<function>``: ``dataset_tools.load_dataset``.
+3. Each tool is named ``<category>.<function>``: ``dataset_tools.load_dataset``, or
+   ``<function>`` alone in a category whose ``category.json`` says ``"bare_names": true``.
 
 ``selection="wide"`` (opt-in) keeps the rule this project used before: when
 no function matches 1, every public function *defined in* the module is a
@@ -82,7 +83,10 @@ def select_functions(
         chosen = own
     taken = {name for name, _ in chosen}
     chosen += [(name, fn) for name, fn in own if name not in taken and _marked_p2p(fn)]
-    return [(f"{source.category}.{name}", fn) for name, fn in sorted(chosen, key=lambda pair: pair[0])]
+    chosen.sort(key=lambda pair: pair[0])
+    if source.bare_names:
+        return chosen
+    return [(f"{source.category}.{name}", fn) for name, fn in chosen]
 
 
 def _foreign_metadata(raw: Any) -> ToolMetadata | None:

@@ -10,7 +10,10 @@ Skipped, as the seed's hierarchical manager skipped them: folders and files
 whose names start with ``_`` (``__init__.py``, private helpers), files at the
 root (no category), and names that are not Python identifiers (they could not
 be imported as modules anyway).  A category may carry a description in
-``<category>/category.json`` (``{"description": "..."}``), as in the seed.
+``<category>/category.json`` (``{"description": "..."}``), as in the seed, and
+``"bare_names": true`` there names its tools by their function alone instead of
+``<category>.<function>`` (for clients that call fixed names, such as the MCP
+conformance suite's ``test_simple_text``).
 """
 
 from __future__ import annotations
@@ -61,6 +64,8 @@ class ModuleSource:
     entry_point: EntryPoint | None = field(default=None, compare=False)
     tool_name: str | None = None
     """Set when the source is one function (an entry point naming a function): its fixed tool name."""
+    bare_names: bool = False
+    """Its tools are named by function alone (``category.json``: ``"bare_names": true``)."""
     package: str | None = None
     """The real package the module belongs to (``pkg.mcp_server.tools``) when that package is importable: the
     module is then imported under its real name, ``module_name``, exactly as the collection's own server does."""
@@ -93,16 +98,18 @@ def _stat_key(path: Path) -> str:
     return f"{stat.st_size}:{stat.st_mtime_ns}"
 
 
-def _category_description(category_dir: Path) -> str:
+def _category_settings(category_dir: Path) -> tuple[str, bool]:
+    """A category's description and whether its tools have bare names, from its ``category.json``."""
     meta = category_dir / "category.json"
     if not meta.is_file():
-        return ""
+        return "", False
     try:
-        description = json.loads(meta.read_text(encoding="utf-8")).get("description", "")
+        settings = json.loads(meta.read_text(encoding="utf-8"))
+        description, bare = settings.get("description", ""), settings.get("bare_names", False)
     except (OSError, ValueError, AttributeError) as exc:
         log.warning("ignoring %s: %s", meta, exc)
-        return ""
-    return description if isinstance(description, str) else ""
+        return "", False
+    return (description if isinstance(description, str) else ""), bare is True
 
 
 def _segment(name: str) -> str:
@@ -189,6 +196,7 @@ def scan_tool_dir(directory: Path, result: ScanResult | None = None) -> ScanResu
         files = sorted(p for p in category_dir.iterdir() if p.suffix == ".py" and p.is_file())
         # Any change to a sibling (a shared helper, a model module) invalidates the category's cached schemas.
         siblings = hashlib.sha1("|".join(f"{p.name}={_stat_key(p)}" for p in files).encode()).hexdigest()[:12]
+        description, bare_names = _category_settings(category_dir)
         found = False
         for path in files:
             stem = path.stem
@@ -210,10 +218,11 @@ def scan_tool_dir(directory: Path, result: ScanResult | None = None) -> ScanResu
                     path=path,
                     package_dirs=() if real_package else (*package_dirs, (package, category_dir)),
                     package=real_package,
+                    bare_names=bare_names,
                 )
             )
         if found and category not in result.categories:
-            result.categories[category] = _category_description(category_dir)
+            result.categories[category] = description
     return result
 
 
