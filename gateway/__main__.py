@@ -99,7 +99,10 @@ def main(argv: list[str] | None = None) -> None:
     settings = load_settings(argv)
     tracing.install_log_context("gateway", settings.log_level)
     flush_traces = tracing.configure(
-        settings.otlp_service_name, settings.otlp_endpoint, instance_id=f"{socket.gethostname()}:{os.getpid()}"
+        settings.otlp_service_name,
+        settings.otlp_endpoint,
+        instance_id=f"{socket.gethostname()}:{os.getpid()}",
+        sample_ratio=settings.otlp_sample_ratio,
     )
     if settings.log_level != "debug":
         # The MCP SDK logs every session it opens and closes at INFO: one line per agent connection.

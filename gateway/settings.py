@@ -95,6 +95,13 @@ class GatewaySettings(BaseSettings):
         "there; unset, no spans are made (a caller's traceparent is still passed on).",
     )
     otlp_service_name: str = Field("mcp-p2p-gateway", min_length=1, description="service.name of exported spans.")
+    otlp_sample_ratio: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="Share of the traces this process starts that it records (calls inside a caller's trace "
+        "follow the caller's sampled flag).",
+    )
     log_level: str = Field("info", pattern="^(critical|error|warning|info|debug)$", description="Log level.")
     graceful_shutdown_seconds: float = Field(10.0, ge=0, description="How long SIGTERM waits for calls.")
 

@@ -66,7 +66,10 @@ def main(argv: list[str] | None = None) -> None:
     settings = load_settings(argv)
     tracing.install_log_context("sidecar", settings.log_level)
     flush_traces = tracing.configure(
-        settings.otlp_service_name, settings.otlp_endpoint, instance_id=f"{socket.gethostname()}:{os.getpid()}"
+        settings.otlp_service_name,
+        settings.otlp_endpoint,
+        instance_id=f"{socket.gethostname()}:{os.getpid()}",
+        sample_ratio=settings.otlp_sample_ratio,
     )
     from p2p_sidecar.errors import StartupError
     from p2p_sidecar.main import run

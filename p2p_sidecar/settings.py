@@ -87,6 +87,13 @@ class SidecarSettings(BaseSettings):
         "there; unset, no spans are made (a caller's traceparent is still passed on).",
     )
     otlp_service_name: str = Field("mcp-p2p-sidecar", min_length=1, description="service.name of exported spans.")
+    otlp_sample_ratio: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="Share of the traces this process starts that it records (calls inside a caller's trace "
+        "follow the caller's sampled flag).",
+    )
     data_dir: Path = Field(
         default_factory=default_data_dir,
         description="Node key and SQLite state; default ${XDG_DATA_HOME:-~/.local/share}/mcp-p2p/sidecar.",

@@ -58,10 +58,14 @@ def tracer() -> Tracer:
     return _State.tracer
 
 
-def configure(service_name: str, endpoint: str | None, *, instance_id: str) -> Callable[[], None]:
+def configure(
+    service_name: str, endpoint: str | None, *, instance_id: str, sample_ratio: float = 1.0
+) -> Callable[[], None]:
     """Install the SDK and its OTLP/HTTP exporter if ``endpoint`` is set; returns what flushes it at exit.
 
-    The SDK is imported only here, so a process with export off never loads it.
+    The SDK is imported only here, so a process with export off never loads it.  ``sample_ratio`` is the
+    share of the traces this process starts that it records; a call that arrives inside a trace follows
+    the caller's decision (the ``traceparent``'s sampled flag), so a trace is recorded whole or not at all.
     """
     if not endpoint:
         return lambda: None
@@ -69,9 +73,10 @@ def configure(service_name: str, endpoint: str | None, *, instance_id: str) -> C
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
     resource = Resource.create({"service.name": service_name, "service.instance.id": instance_id})
-    provider = TracerProvider(resource=resource)  # parent-based, always on: the caller's sampled flag is kept
+    provider = TracerProvider(resource=resource, sampler=ParentBased(TraceIdRatioBased(sample_ratio)))
     provider.add_span_processor(
         BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint), schedule_delay_millis=EXPORT_DELAY_MS)
     )

@@ -65,6 +65,7 @@ def test_loopback_detection() -> None:
         ("p2p_sidecar", "SIDECAR_NETWORK_SECRET_FILE", "/nonexistent/network.secret"),
         ("gateway", "GATEWAY_OTLP_ENDPOINT", "127.0.0.1:4318"),
         ("p2p_sidecar", "SIDECAR_OTLP_ENDPOINT", "grpc://127.0.0.1:4317"),
+        ("gateway", "GATEWAY_OTLP_SAMPLE_RATIO", "2"),
         ("p2p_sidecar", "SIDECAR_DASHBOARD_INTERVAL", "0"),
         # the dashboard shows the network's tasks and peers: off loopback only behind a token
         ("p2p_sidecar", "SIDECAR_ADMIN_HOST", "0.0.0.0"),
