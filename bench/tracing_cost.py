@@ -12,7 +12,7 @@ the REST face and /mcp (2026-07-28), at 1 and 16 clients, the three stacks inter
 order rotating), so drift on a shared machine falls on all of them alike.  Reported: medians over the
 rounds, and ratios against the baseline.
 
-    .venv/bin/python -m bench.tracing_cost [--rounds 7] [--seconds 3] [--baseline REV] [--save]
+    .venv/bin/python -m bench.tracing_cost [--rounds 6] [--seconds 3] [--baseline REV] [--save]
 
 ``--save`` writes the table to bench/tracing_cost.md, which docs/benchmarks.md includes.
 """
@@ -231,7 +231,7 @@ def micro(repeats: int = 7, number: int = 200_000) -> list[tuple[str, float]]:
 
 
 def saved_section() -> list[str]:
-    """docs/benchmarks.md's section on tracing's cost, from the last ``--save`` (a separate run: ~5 minutes)."""
+    """docs/benchmarks.md's section on tracing's cost, from the last ``--save`` (a separate run: about 7 minutes)."""
     if not FIGURES.is_file():
         return []
     return [
@@ -241,7 +241,7 @@ def saved_section() -> list[str]:
         "`baseline` is the code this branch started from (no tracing code), `off` is this code with no "
         "`*_OTLP_ENDPOINT` (the default), `on` has both processes exporting every span over OTLP/HTTP. Command:",
         "",
-        "    .venv/bin/python -m bench.tracing_cost --rounds 7 --seconds 3 --save",
+        "    .venv/bin/python -m bench.tracing_cost --save   (6 rounds of 3 s per point, about 7 minutes)",
         "",
         FIGURES.read_text().strip(),
         "",
@@ -250,7 +250,7 @@ def saved_section() -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--clients", default="1,16")
     parser.add_argument("--configs", default=",".join(CONFIGS), help="which stacks to run (baseline,off,on)")
