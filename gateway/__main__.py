@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import signal
 import socket
 import sys
@@ -17,7 +18,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from gateway.settings import GatewaySettings
-from shared_schema import sd_notify
+from shared_schema import sd_notify, tracing
 from shared_schema.settings_types import describe_settings_error
 
 
@@ -96,8 +97,12 @@ def load_settings(argv: list[str] | None = None) -> GatewaySettings:
 
 def main(argv: list[str] | None = None) -> None:
     settings = load_settings(argv)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s gateway %(name)s: %(message)s"
+    tracing.install_log_context("gateway", settings.log_level)
+    flush_traces = tracing.configure(
+        settings.otlp_service_name,
+        settings.otlp_endpoint,
+        instance_id=f"{socket.gethostname()}:{os.getpid()}",
+        sample_ratio=settings.otlp_sample_ratio,
     )
     if settings.log_level != "debug":
         # The MCP SDK logs every session it opens and closes at INFO: one line per agent connection.
@@ -141,7 +146,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     hold_event_streams()  # SIGTERM drains calls first; Gateway.drain ends the event streams after
     server = _Server(config, on_exit=gateway.begin_shutdown)
-    server.run()
+    try:
+        server.run()
+    finally:
+        flush_traces()
     if not server.started:
         raise SystemExit(1)
 

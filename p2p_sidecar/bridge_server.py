@@ -40,6 +40,7 @@ from shared_schema import (
     Kind,
     decode,
     encode,
+    tracing,
 )
 from shared_schema.curve import CurveKeyError, CurveKeyPair, load_keypair, load_public_keys
 from shared_schema.limits import check_argument_depth
@@ -310,7 +311,15 @@ class BridgeServer:
         started = time.perf_counter()
         reply: Envelope | None = None
         try:
-            with scope:
+            with (
+                scope,
+                tracing.served(
+                    f"tool {envelope.tool}",
+                    traceparent=envelope.traceparent,
+                    call_id=envelope.id,
+                    attributes={"mcp.tool": envelope.tool or "", "mcp_p2p.call_id": envelope.id},
+                ),
+            ):
                 reply = await self._run_tool(envelope, identity)
             self.handled_calls += 1
             self._metrics.call_latency.observe(time.perf_counter() - started)
@@ -425,21 +434,32 @@ class BridgeServer:
         link = self.pick_gateway()
         if link is None:
             raise BridgeError(ErrorCode.UNAVAILABLE, "no gateway is connected to this sidecar")
-        call_id = f"{self._id_prefix}{next(self._ids):x}"
-        envelope = Envelope(
-            Kind.CALL, id=call_id, deadline=time.time() + timeout, tool=tool, arguments=arguments, trace_id=trace_id
-        )
+        # Made on behalf of a call this process serves (a peer's request, a task): the gateway's log lines then
+        # carry an id that starts with that call's, so one grep finds both sides.
+        serving = tracing.CALL_ID.get()
+        call_id = f"{serving[:64]}>{next(self._ids):x}" if serving else f"{self._id_prefix}{next(self._ids):x}"
         pending = _OutboundCall(link.identity, on_progress=on_progress)
         self._outbound[call_id] = pending
         try:
-            if not self._send(link.identity, envelope):
-                raise BridgeError(ErrorCode.UNAVAILABLE, "the gateway's connection refused the call")
-            try:
-                with trio.move_on_after(timeout):
-                    await pending.done.wait()
-            except trio.Cancelled:  # our caller gave up (a cancelled task): the gateway may stop the work
-                self._send(link.identity, Envelope(Kind.CANCEL, id=call_id))
-                raise
+            attributes = {"mcp.tool": tool, "mcp_p2p.call_id": call_id}
+            with tracing.outgoing(f"bridge call {tool}", attributes=attributes) as traceparent:
+                envelope = Envelope(
+                    Kind.CALL,
+                    id=call_id,
+                    deadline=time.time() + timeout,
+                    tool=tool,
+                    arguments=arguments,
+                    trace_id=trace_id,
+                    traceparent=traceparent,
+                )
+                if not self._send(link.identity, envelope):
+                    raise BridgeError(ErrorCode.UNAVAILABLE, "the gateway's connection refused the call")
+                try:
+                    with trio.move_on_after(timeout):
+                        await pending.done.wait()
+                except trio.Cancelled:  # our caller gave up (a cancelled task): the gateway may stop the work
+                    self._send(link.identity, Envelope(Kind.CANCEL, id=call_id))
+                    raise
             if pending.reply is None:
                 self._send(link.identity, Envelope(Kind.CANCEL, id=call_id))
                 raise BridgeError(ErrorCode.TIMEOUT, f"gateway tool {tool!r} did not answer within {timeout:.3g}s")
