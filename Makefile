@@ -10,7 +10,7 @@ TEST_WORKERS ?= 2
 
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: setup run test lint format clean bench loadtest deploy-tools js-tools js-peer test-deploy
+.PHONY: setup run test lint format clean bench loadtest deploy-tools browser js-tools js-peer test-deploy
 
 setup: $(STAMP)
 
@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml scripts/ensure-build-deps.sh
 run: setup
 	$(BIN)/python -m supervisor
 
-test: setup lint deploy-tools js-tools js-peer
+test: setup lint deploy-tools browser js-tools js-peer
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # Node 22 (into .tools/node, from the npm registry) and the JavaScript clients the tests drive (the MCP
@@ -49,6 +49,10 @@ $(JS_PEER_STAMP): $(JS_PEER)/package.json $(JS_PEER)/package-lock.json scripts/e
 # systemd-analyze, for the unit checks in tests/test_deploy_files.py.
 deploy-tools:
 	@deploy/scripts/ensure-systemd-analyze.sh
+
+# Debian's chromium for the dashboard's browser test (Playwright, from .[dev], drives it; it downloads nothing).
+browser:
+	@scripts/ensure-chromium.sh
 
 # Real containers: the image, the Kubernetes pod (podman kube play), the compose file
 # (podman-compose) and the systemd units' commands, each with an MCP call. See deploy/README.md.

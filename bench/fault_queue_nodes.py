@@ -110,6 +110,7 @@ def build_network(tmp: Path, lab: NetnsLab | None, *, lease_s: float, grace_s: f
             sidecar.env.update(
                 SIDECAR_LISTEN_ADDRS=f"/ip4/{host}/tcp/4001",
                 SIDECAR_ADMIN_HOST=host,
+                SIDECAR_ADMIN_TOKEN="fault-lab-admin-token",  # not loopback: required (only /health is read)
                 SIDECAR_ADMIN_PORT="8002",
                 SIDECAR_BRIDGE_ENDPOINT="tcp://127.0.0.1:8001",
             )

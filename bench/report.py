@@ -5,7 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bench import collection_startup, profile_gateway, remote_call, slow_links, taskqueue_network, taskqueue_spread
+from bench import (
+    collection_startup,
+    profile_gateway,
+    remote_call,
+    slow_links,
+    taskqueue_network,
+    taskqueue_spread,
+    tracing_cost,
+)
 
 TARGETS_NOTE = (
     "Targets are the ones set for the bridge, the queue and the footprint; each row says whether this run met it."
@@ -299,6 +307,7 @@ def render(results: dict[str, Any], command: str) -> str:
         "",
         *collection_startup.external_section(),
         "",
+        *tracing_cost.saved_section(),
         *where_the_time_goes(results),
     ]
     return "\n".join(out)

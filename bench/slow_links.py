@@ -44,6 +44,7 @@ from tests.procs import Peer, gateway_proc, http_json, make_identity, sidecar_pr
 
 LINKS = {("a", "b"): Link(50, 0.01), ("a", "c"): Link(50, 0.01), ("b", "c"): Link(200, 0.05)}
 NAMES = ["a", "b", "c"]
+LAB_ADMIN_TOKEN = "slow-links-lab-admin-token"
 
 
 @dataclass
@@ -69,6 +70,7 @@ def build(lab: LinkLab, tmp: Path, **settings: str) -> dict[str, LabPeer]:
             name,
             SIDECAR_LISTEN_ADDRS=f"/ip4/{lab.address(name)}/tcp/4001",
             SIDECAR_ADMIN_HOST=mgmt,
+            SIDECAR_ADMIN_TOKEN=LAB_ADMIN_TOKEN,  # the namespace's address is not loopback (only /health is read)
             SIDECAR_ADMIN_PORT="8002",
             SIDECAR_BRIDGE_ENDPOINT="tcp://127.0.0.1:8001",
             SIDECAR_REMOTE_TOOLS_ALLOW="hash_content",

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from gateway.listeners import ListenError, bind_tcp
 from gateway.settings import GatewaySettings
+from shared_schema import tracing
 from shared_schema.settings_types import describe_settings_error
 
 LISTEN_BACKLOG = 2048
@@ -105,10 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     settings = _settings(_overrides(args))
     worker = _worker_args(args)
-    name = "gateway" if worker is None else f"gateway[{worker.index}]"
-    logging.basicConfig(
-        level=settings.log_level.upper(), format=f"%(asctime)s %(levelname)s {name} %(name)s: %(message)s"
-    )
+    tracing.install_log_context("gateway" if worker is None else f"gateway[{worker.index}]", settings.log_level)
     if settings.log_level != "debug":
         # The MCP SDK logs every session it opens and closes at INFO: one line per agent connection.
         logging.getLogger("mcp.server").setLevel(logging.WARNING)
@@ -124,7 +122,16 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(1) from None
     else:
         sockets = [socket.socket(fileno=fd) for fd in worker.listen_fds]
-    serve(settings, sockets, worker)
+    flush_traces = tracing.configure(
+        settings.otlp_service_name,
+        settings.otlp_endpoint,
+        instance_id=f"{socket.gethostname()}:{os.getpid()}",
+        sample_ratio=settings.otlp_sample_ratio,
+    )
+    try:
+        serve(settings, sockets, worker)
+    finally:
+        flush_traces()
 
 
 def serve(settings: GatewaySettings, sockets: list[socket.socket], worker: WorkerArgs | None) -> None:

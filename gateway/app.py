@@ -19,6 +19,7 @@ from typing import Any
 import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response
+from fastapi.telemetry import TelemetryConfig
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.routing import Route
 
@@ -37,6 +38,7 @@ from gateway.router import RuntimeRouter
 from gateway.security import BearerAuth, HostOriginGuard
 from gateway.settings import GatewaySettings
 from gateway.tools import register_builtin_tools, register_meta_tools
+from gateway.trace_context import TraceContextPassThrough
 from gateway.worker_links import (
     METRICS_HEADER,
     BelieveRelayedClient,
@@ -45,6 +47,7 @@ from gateway.worker_links import (
     WorkerPlace,
     is_relayed,
 )
+from shared_schema import tracing
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +209,19 @@ class Gateway:
             yield
 
 
+def _telemetry(settings: GatewaySettings) -> TelemetryConfig | None:
+    """FastAPI's native OpenTelemetry: all of it on request; only the HTTP span when this gateway exports traces.
+
+    The HTTP span is what reads the caller's ``traceparent`` header, so the
+    MCP SDK's ``tools/call`` span and the router's spans join the caller's trace.
+    """
+    if settings.opentelemetry:
+        return None
+    if tracing.enabled():
+        return {"tracing": True, "metrics": False, "logs": False, "operation_spans": False}
+    return {"tracing": False, "metrics": False, "logs": False}
+
+
 def create_app(settings: GatewaySettings, gateway: Gateway | None = None) -> FastAPI:
     gateway = gateway or Gateway(settings)
     app = FastAPI(
@@ -215,7 +231,7 @@ def create_app(settings: GatewaySettings, gateway: Gateway | None = None) -> Fas
         description="MCP tool server: local tools plus P2P tools served by the libp2p sidecar.",
         # FastAPI's native OpenTelemetry looks up the global providers on every request; the gateway's
         # own metrics are Prometheus (/metrics), so it runs only when asked for.
-        telemetry=None if settings.opentelemetry else {"tracing": False, "metrics": False, "logs": False},
+        telemetry=_telemetry(settings),
     )
     app.state.gateway = gateway
 
@@ -251,6 +267,8 @@ def create_app(settings: GatewaySettings, gateway: Gateway | None = None) -> Fas
     reject = gateway.count_rejection
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, on_reject=reject)
     app.add_middleware(HostOriginGuard, path=MCP_PATH, hosts=settings.allowed_hosts, origins=settings.allowed_origins)
+    if not tracing.enabled() and not settings.opentelemetry:
+        app.add_middleware(TraceContextPassThrough)  # export on: FastAPI's HTTP span reads the header instead
     if settings.auth_token is not None:
         app.add_middleware(BearerAuth, token=settings.auth_token.get_secret_value())
     if settings.oauth_enabled:

@@ -35,7 +35,18 @@ from zmq.utils.monitor import parse_monitor_message
 from gateway.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings
 from gateway.zmq_asyncio import AsyncioZmqSocket
-from shared_schema import BridgeError, DecodeError, Envelope, ErrorCode, ErrorInfo, Kind, ToolSpec, decode, encode
+from shared_schema import (
+    BridgeError,
+    DecodeError,
+    Envelope,
+    ErrorCode,
+    ErrorInfo,
+    Kind,
+    ToolSpec,
+    decode,
+    encode,
+    tracing,
+)
 from shared_schema.curve import CurveKeyPair, load_keypair, load_public_key
 from shared_schema.progress import Progress, Sink
 
@@ -158,10 +169,13 @@ class BridgeClient:
         timeout: float,
         trace_id: str | None = None,
         progress: Sink | None = None,
+        call_id: str | None = None,
     ) -> Any:
         """Run a P2P tool in the sidecar and return its result, or raise ``BridgeError``.
 
         ``progress`` receives the PROGRESS updates the sidecar sends for this call while it runs.
+        ``call_id`` (unique per gateway, e.g. the router's) becomes the envelope's id, so the sidecar's log
+        lines about the call carry the same call id as this process's.
         """
         if self.state is not SidecarState.UP:
             raise BridgeError(ErrorCode.UNAVAILABLE, f"P2P sidecar unavailable ({self.state_reason})")
@@ -169,9 +183,32 @@ class BridgeClient:
             raise BridgeError(
                 ErrorCode.BUSY, f"P2P sidecar busy: {len(self._pending)} calls already in flight, try again shortly"
             )
-        call_id = f"{self._id_prefix}{next(self._ids):x}"
+        if call_id is None or call_id in self._pending:
+            call_id = f"{self._id_prefix}{next(self._ids):x}"
+        if tracing.enabled():
+            attributes = {"mcp.tool": tool, "mcp_p2p.call_id": call_id, "mcp_p2p.runtime": "p2p"}
+            with tracing.outgoing(f"bridge call {tool}", attributes=attributes) as traceparent:
+                return await self._call(tool, arguments, timeout, trace_id, call_id, traceparent, progress)
+        return await self._call(tool, arguments, timeout, trace_id, call_id, tracing.traceparent_of_current(), progress)
+
+    async def _call(
+        self,
+        tool: str,
+        arguments: dict[str, Any],
+        timeout: float,
+        trace_id: str | None,
+        call_id: str,
+        traceparent: str | None,
+        progress: Sink | None,
+    ) -> Any:
         envelope = Envelope(
-            Kind.CALL, id=call_id, deadline=time.time() + timeout, tool=tool, arguments=arguments, trace_id=trace_id
+            Kind.CALL,
+            id=call_id,
+            deadline=time.time() + timeout,
+            tool=tool,
+            arguments=arguments,
+            trace_id=trace_id,
+            traceparent=traceparent,
         )
         try:
             frame = encode(envelope)

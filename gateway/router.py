@@ -9,18 +9,23 @@ MCP faces turn those into their own error shapes (``gateway/errors.py``).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import os
 import time
 from typing import Any
+
+from opentelemetry.trace import StatusCode
 
 from gateway.bridge_client import BridgeClient
 from gateway.limits import ClientCallLimiter
 from gateway.metrics import GatewayMetrics
 from gateway.registry import ToolRegistry
-from shared_schema import BridgeError, Envelope, ErrorCode, ErrorInfo
+from shared_schema import BridgeError, Envelope, ErrorCode, ErrorInfo, tracing
 from shared_schema.function_tool import note_ignored_arguments
 from shared_schema.limits import DEFAULT_MAX_ARGUMENT_DEPTH, check_argument_depth
 from shared_schema.progress import Progress, Sink
+from shared_schema.tracing import CALL_ID
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +50,8 @@ class RuntimeRouter:
         self.in_flight = 0
         """Calls accepted and not yet answered, on every face: what a graceful shutdown waits for."""
         self._drained: asyncio.Event | None = None
+        self._ids = itertools.count(1)
+        self._id_prefix = os.urandom(4).hex() + "-"
 
     async def call(
         self,
@@ -86,8 +93,12 @@ class RuntimeRouter:
         timeout = min(route.spec.metadata.timeout_seconds, self._timeout_cap)
         started = time.perf_counter()
         outcome = "ok"
+        call_id = f"{self._id_prefix}{next(self._ids):x}"
+        call_token = CALL_ID.set(call_id)  # on every log line about this call, and the envelope's id for a P2P one
         try:
             if route.local is not None:
+                if tracing.enabled():
+                    return await self._traced_local(route.local, name, call_id, arguments, timeout, progress)
                 return await route.local.invoke(arguments, timeout, progress)
             if route.screen is not None and route.screen.signature.lenient:  # as the sidecar's copy will judge them
                 ignored = route.screen.signature.ignored(arguments)
@@ -102,17 +113,30 @@ class RuntimeRouter:
                     f"{name} runs on the P2P runtime but the connected sidecar does not serve it "
                     "(load its module there: SIDECAR_TOOL_DIRS)",
                 )
-            return await self.bridge.call(name, arguments, timeout=timeout, trace_id=trace_id, progress=progress)
+            return await self.bridge.call(
+                name, arguments, timeout=timeout, trace_id=trace_id, progress=progress, call_id=call_id
+            )
         except BridgeError as exc:
             outcome = exc.code.value
+            log.debug("call of %s failed: %s", name, exc)  # debug only: callers choose how often calls fail
             raise
         finally:
+            CALL_ID.reset(call_token)
             self._metrics.tool_calls.labels(runtime, outcome).inc()
             self._metrics.tool_latency.labels(runtime).observe(time.perf_counter() - started)
             self.clients.release(client)
             self.in_flight -= 1
             if not self.in_flight and self._drained is not None:
                 self._drained.set()
+
+    @staticmethod
+    async def _traced_local(
+        tool: Any, name: str, call_id: str, arguments: dict[str, Any], timeout: float, progress: Sink | None
+    ) -> Any:
+        """A local tool call as a span of the caller's trace (only when this gateway exports traces)."""
+        attributes = {"mcp.tool": name, "mcp_p2p.call_id": call_id, "mcp_p2p.runtime": "local"}
+        with tracing.tracer().start_as_current_span(f"tool {name}", attributes=attributes):
+            return await tool.invoke(arguments, timeout, progress)
 
     async def wait_idle(self) -> None:
         """Return once no call is in flight (used on SIGTERM)."""
@@ -137,10 +161,16 @@ class RuntimeRouter:
             if bridge is not None:
                 bridge.send_progress(envelope.id, update)
 
-        try:
-            check_argument_depth(name, envelope.arguments, self._max_depth)
-            result = await tool.invoke(envelope.arguments or {}, timeout, forward)
-        except BridgeError as exc:
-            log.info("inbound call %s to %s failed: %s", envelope.id, name, exc)
-            return envelope.fail(exc.info)
+        attributes = {"mcp.tool": name, "mcp_p2p.call_id": envelope.id, "mcp_p2p.runtime": "local"}
+        with tracing.served(
+            f"tool {name}", traceparent=envelope.traceparent, call_id=envelope.id, attributes=attributes
+        ) as span:
+            try:
+                check_argument_depth(name, envelope.arguments, self._max_depth)
+                result = await tool.invoke(envelope.arguments or {}, timeout, forward)
+            except BridgeError as exc:
+                log.info("inbound call to %s over the bridge failed: %s", name, exc)
+                if span is not None:
+                    span.set_status(StatusCode.ERROR, exc.code.value)
+                return envelope.fail(exc.info)
         return envelope.reply(result)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
 from typing import Any
 
@@ -12,6 +13,7 @@ import trio
 from pydantic import ValidationError
 
 from p2p_sidecar.settings import SidecarSettings
+from shared_schema import tracing
 from shared_schema.settings_types import describe_settings_error
 
 
@@ -62,8 +64,12 @@ def main(argv: list[str] | None = None) -> None:
 
         raise SystemExit(join.main(load_settings(argv[1:])))
     settings = load_settings(argv)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s sidecar %(name)s: %(message)s"
+    tracing.install_log_context("sidecar", settings.log_level)
+    flush_traces = tracing.configure(
+        settings.otlp_service_name,
+        settings.otlp_endpoint,
+        instance_id=f"{socket.gethostname()}:{os.getpid()}",
+        sample_ratio=settings.otlp_sample_ratio,
     )
     from p2p_sidecar.errors import StartupError
     from p2p_sidecar.main import run
@@ -87,6 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         trio.run(run, settings)
     except (StartupError, BaseExceptionGroup) as exc:
+        flush_traces()
         # Trio's nurseries wrap a start-up failure in exception groups; unwrap a lone one to report it in one line.
         error: BaseException = exc
         while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
@@ -95,6 +102,7 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"sidecar cannot start: {error}", file=sys.stderr)
         raise SystemExit(1) from None
+    flush_traces()
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
-"""The sidecar's admin HTTP server (:8002): ``/health`` and ``/metrics``.
+"""The sidecar's admin HTTP server (:8002): the dashboard at ``/`` with its ``/api``, ``/health`` and ``/metrics``.
 
-A tiny Starlette app served by Hypercorn's Trio worker, so it shares the
-sidecar's event loop instead of needing a thread.  It is read-only; tools are
-reached through the gateway, never here.
+A small Starlette app served by Hypercorn's Trio worker, so it shares the
+sidecar's event loop instead of needing a thread.  It only reads; tools are
+reached through the gateway, never here.  With ``SIDECAR_ADMIN_TOKEN`` set
+(required off loopback) everything but ``/health`` needs the token.
 """
 
 from __future__ import annotations
@@ -17,10 +18,13 @@ from hypercorn.config import Config
 from hypercorn.trio import serve
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from p2p_sidecar.dashboard.auth import AdminAuth
+from p2p_sidecar.dashboard.web import dashboard_routes, login_page
 from p2p_sidecar.metrics import SidecarMetrics
 from p2p_sidecar.settings import SidecarSettings
 
@@ -29,11 +33,16 @@ log = logging.getLogger(__name__)
 
 class AdminServer:
     def __init__(
-        self, settings: SidecarSettings, metrics: SidecarMetrics, health: Callable[[], tuple[bool, dict[str, Any]]]
+        self,
+        settings: SidecarSettings,
+        metrics: SidecarMetrics,
+        health: Callable[[], tuple[bool, dict[str, Any]]],
+        snapshot: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self._settings = settings
         self._metrics = metrics
         self._health = health
+        self._snapshot = snapshot
         self.bound: list[str] = []
 
     def app(self) -> Starlette:
@@ -44,7 +53,14 @@ class AdminServer:
         async def metrics(_request: Request) -> Response:
             return Response(self._metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-        return Starlette(routes=[Route("/health", health), Route("/metrics", metrics)])
+        routes = [Route("/health", health), Route("/metrics", metrics)]
+        if self._snapshot is not None:
+            routes.extend(dashboard_routes(self._snapshot, interval=self._settings.dashboard_interval))
+        middleware = []
+        if self._settings.admin_token is not None:
+            token = self._settings.admin_token.get_secret_value()
+            middleware.append(Middleware(AdminAuth, token=token, login_page=login_page()))
+        return Starlette(routes=routes, middleware=middleware)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         config = Config()

@@ -29,13 +29,17 @@ import trio
 from p2p_sidecar import __version__
 from p2p_sidecar.admin import AdminServer
 from p2p_sidecar.bridge_server import BridgeServer
+from p2p_sidecar.dashboard import DashboardData
 from p2p_sidecar.errors import StartupError
 from p2p_sidecar.metrics import SidecarMetrics
 from p2p_sidecar.node.host import Node
 from p2p_sidecar.node.metrics import NodeMetrics
 from p2p_sidecar.node.peers import PeerState
 from p2p_sidecar.settings import SidecarSettings
+from p2p_sidecar.task_tracing import OP as TRACE_OP
+from p2p_sidecar.task_tracing import TaskTraces, TracedQueue, traced_executors
 from p2p_sidecar.taskqueue import QueueService, TaskStore, register_queue_tools
+from p2p_sidecar.taskqueue.executors import ExecutorRegistry
 from p2p_sidecar.taskqueue.peer_rpc import NodePeerRpc
 from p2p_sidecar.tools import ToolCatalog
 from p2p_sidecar.tools.bootstrap import register_bootstrap_tools
@@ -75,9 +79,9 @@ class Sidecar:
         self.metrics = SidecarMetrics()
         self.catalog = ToolCatalog()
         self.bridge = BridgeServer(settings, self.catalog, self.metrics, node_info=self.node_summary)
-        self.admin = AdminServer(settings, self.metrics, self.health)
         self.ready = False
         self.queue: QueueService | None = None
+        self.workflows: WorkflowEngine | None = None
         self.node = Node(
             settings,
             NodeMetrics(self.metrics.registry),
@@ -89,19 +93,32 @@ class Sidecar:
         register_peer_tools(self.catalog, self.node)
         register_bootstrap_tools(self.catalog, self.node)
         register_remote_tools(self.catalog, self.node)
+        self.dashboard = DashboardData(self)
+        self.admin = AdminServer(settings, self.metrics, self.health, self.dashboard.snapshot)
 
     def _build_queue(self, store: TaskStore) -> QueueService:
         """The queue, its workflows and their tools, around an open store; advertises the task types it runs."""
-        queue = QueueService(
+        traces = TaskTraces()
+        self.node.rpc.register(TRACE_OP, traces.op_trace_task)
+        executors = traced_executors(
+            ExecutorRegistry.discover(self.settings.worker_task_types),
+            traces,
+            lambda peer, op, args, timeout: self.node.call(peer, op, args, timeout=timeout),
+        )
+        queue = TracedQueue(
             self.settings,
             store,
+            traces=traces,
             rpc=NodePeerRpc(self.node),
+            executors=executors,
             call_gateway=self.bridge.call_gateway,
             local_tools=CatalogTools(self.catalog),
             on_limit=lambda limit: self.metrics.limit_rejections.labels(limit).inc(),
         )
         register_queue_tools(self.catalog, queue)
-        register_workflow_tools(self.catalog, WorkflowEngine(queue))
+        self.metrics.bind_queue(queue)
+        self.workflows = WorkflowEngine(queue)
+        register_workflow_tools(self.catalog, self.workflows)
         return queue
 
     def _gateway_tools(self) -> list[str]:
@@ -162,7 +179,9 @@ class Sidecar:
                             self.ready = True
                             gc.freeze()  # the start-up heap (libp2p, schemas) lives as long as we do
                             log.info(
-                                "sidecar ready (bridge %s, admin port %s)", settings.bridge_endpoint, self.admin.bound
+                                "sidecar ready (bridge %s, dashboard and admin on %s)",
+                                settings.bridge_endpoint,
+                                ", ".join(f"{url}/" for url in self.admin.bound),
                             )
                             sd_notify.notify("READY=1", f"STATUS=bridge on {settings.bridge_endpoint}")
                             task_status.started()

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from p2p_sidecar.taskqueue import QueueService
+from p2p_sidecar.taskqueue.model import TaskStatus
+from p2p_sidecar.taskqueue.records import Ended
+
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -45,6 +49,40 @@ class SidecarMetrics:
             ["limit"],
             registry=self.registry,
         )
+
+        self.queue_tasks = Gauge(
+            "sidecar_queue_tasks", "Tasks in this node's queue, by status.", ["status"], registry=self.registry
+        )
+        self.queue_ended = Counter(
+            "sidecar_queue_tasks_ended_total",
+            "Tasks of this node's queue that reached a final status, by status.",
+            ["status"],
+            registry=self.registry,
+        )
+        self.queue_running_here = Gauge(
+            "sidecar_queue_running_here",
+            "Task attempts this node's workers run now (any owner's).",
+            registry=self.registry,
+        )
+        self.queue_slots = Gauge("sidecar_queue_slots", "Slots of this node's workers.", registry=self.registry)
+        self.queue_paused = Gauge(
+            "sidecar_queue_paused", "1 while this node's queue is paused.", registry=self.registry
+        )
+
+    def bind_queue(self, queue: QueueService) -> None:
+        """Read the queue's own counts at scrape time, and count tasks as they end (``LeaseOwner.on_task_end``)."""
+        for status in TaskStatus:
+            self.queue_tasks.labels(status.value).set_function(lambda s=status.value: queue.store.counts().get(s, 0))
+            self.queue_ended.labels(status.value)  # every status shows from the start, at 0
+        self.queue_running_here.set_function(lambda: queue.running_here)
+        self.queue_slots.set_function(lambda: queue.pool.slots)
+        self.queue_paused.set_function(lambda: 1 if queue.owner.paused_reason is not None else 0)
+
+        def ended(tasks: list[Ended]) -> None:
+            for task in tasks:
+                self.queue_ended.labels(task.status.value).inc()
+
+        queue.owner.on_task_end(ended)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

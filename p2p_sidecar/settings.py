@@ -24,7 +24,15 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from p2p_sidecar.node.addresses import check_announce_addr, check_bootstrap_addr, check_listen_addr, check_peer_id
 from p2p_sidecar.node.membership import MIN_SECRET_BYTES, SecretFileError, read_secret
 from shared_schema.limits import DEFAULT_MAX_ARGUMENT_DEPTH
-from shared_schema.settings_types import CommaList, Endpoint, check_tool_dirs, endpoint_is_loopback, split_list
+from shared_schema.settings_types import (
+    CommaList,
+    Endpoint,
+    check_otlp_endpoint,
+    check_tool_dirs,
+    endpoint_is_loopback,
+    host_is_loopback,
+    split_list,
+)
 
 ListenAddrs = Annotated[list[Annotated[str, AfterValidator(check_listen_addr)]], NoDecode, BeforeValidator(split_list)]
 AnnounceAddrs = Annotated[
@@ -62,7 +70,30 @@ class SidecarSettings(BaseSettings):
     bridge_max_in_flight: int = Field(1024, ge=1, description="Calls from gateways running at once.")
     bridge_gateway_timeout: float = Field(5.0, gt=0, description="Silence after which a gateway is forgotten.")
     admin_host: str = Field("127.0.0.1", description="Bind address of the admin HTTP server.")
-    admin_port: int = Field(8002, ge=0, le=65535, description="Admin HTTP port (/health, /metrics).")
+    admin_port: int = Field(
+        8002, ge=0, le=65535, description="Admin HTTP port (the dashboard at /, its /api, /health, /metrics)."
+    )
+    admin_token: SecretStr | None = Field(
+        None,
+        description="Bearer token for the dashboard, its /api and /metrics (/health stays open for probes); "
+        "required when SIDECAR_ADMIN_HOST is not loopback.",
+    )
+    dashboard_interval: float = Field(
+        1.0, ge=0.1, le=60, description="Seconds between the dashboard's live updates (server-sent events)."
+    )
+    otlp_endpoint: str | None = Field(
+        None,
+        description="OTLP/HTTP traces URL (e.g. http://127.0.0.1:4318/v1/traces): export this process's spans "
+        "there; unset, no spans are made (a caller's traceparent is still passed on).",
+    )
+    otlp_service_name: str = Field("mcp-p2p-sidecar", min_length=1, description="service.name of exported spans.")
+    otlp_sample_ratio: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="Share of the traces this process starts that it records (calls inside a caller's trace "
+        "follow the caller's sampled flag).",
+    )
     data_dir: Path = Field(
         default_factory=default_data_dir,
         description="Node key and SQLite state; default ${XDG_DATA_HOME:-~/.local/share}/mcp-p2p/sidecar.",
@@ -340,6 +371,23 @@ class SidecarSettings(BaseSettings):
     @property
     def bridge_curve_enabled(self) -> bool:
         return self.bridge_curve_secret_key_file is not None
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _otlp_url(cls, value: str | None) -> str | None:
+        return check_otlp_endpoint(value)
+
+    @model_validator(mode="after")
+    def _check_admin_security(self) -> Self:
+        """The dashboard shows the network's tasks and peers: off this machine only behind a token."""
+        if self.admin_token is None and not host_is_loopback(self.admin_host):
+            raise ValueError(
+                f"SIDECAR_ADMIN_HOST {self.admin_host} is not loopback: set SIDECAR_ADMIN_TOKEN (the dashboard, "
+                "its /api and /metrics then need it; /health stays open), or bind 127.0.0.1"
+            )
+        if self.admin_token is not None and len(self.admin_token.get_secret_value()) < 16:
+            raise ValueError("SIDECAR_ADMIN_TOKEN must be at least 16 characters")
+        return self
 
     @model_validator(mode="after")
     def _check_bridge_security(self) -> Self:

@@ -7,6 +7,8 @@ Wire form: one ZeroMQ frame holding a msgpack map with short keys
     t   tool name (str)                 a   arguments (map)
     r   result (any msgpack value)      e   error {code, message, data?}
     tr  trace id (str)                  b   kind-specific body (map)
+    tp  W3C traceparent of a call (str, optional; added without a version bump: older
+        decoders ignore keys they do not know, and one that is not a short string is dropped)
 
 Keys whose value is absent are omitted.  ``decode`` never lets a foreign
 exception escape: anything it cannot turn into an ``Envelope`` raises
@@ -19,7 +21,7 @@ from typing import Any
 
 import msgpack
 
-from shared_schema.envelope import ENVELOPE_VERSION, Envelope, Kind
+from shared_schema.envelope import ENVELOPE_VERSION, MAX_TRACEPARENT, Envelope, Kind
 from shared_schema.errors import ErrorInfo
 
 DEFAULT_MAX_FRAME_BYTES = 4 * 1024 * 1024
@@ -65,6 +67,8 @@ def encode(envelope: Envelope) -> bytes:
         wire["tr"] = envelope.trace_id
     if envelope.body is not None:
         wire["b"] = envelope.body
+    if envelope.traceparent is not None:
+        wire["tp"] = envelope.traceparent
     return msgpack.packb(wire, use_bin_type=True)
 
 
@@ -108,6 +112,9 @@ def decode(frame: bytes, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Envelope:
     arguments = _field(wire, "a", (dict,), "a map", envelope_id)
     trace_id = _field(wire, "tr", (str,), "a string", envelope_id)
     body = _field(wire, "b", (dict,), "a map", envelope_id)
+    traceparent = wire.get("tp")
+    if not isinstance(traceparent, str) or not 0 < len(traceparent) <= MAX_TRACEPARENT:
+        traceparent = None  # trace context is advisory: a bad one starts a new trace, it fails no call
     raw_error = wire.get("e")
     error = ErrorInfo.from_wire(raw_error) if raw_error is not None else None
 
@@ -124,4 +131,5 @@ def decode(frame: bytes, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Envelope:
         error=error,
         trace_id=trace_id,
         body=body,
+        traceparent=traceparent,
     )

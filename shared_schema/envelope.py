@@ -22,6 +22,9 @@ from shared_schema.errors import ErrorInfo
 ENVELOPE_VERSION = 1
 """Bumped on any incompatible change to the wire form in ``codec.py``."""
 
+MAX_TRACEPARENT = 256
+"""A W3C ``traceparent`` is 55 characters; a longer field is not one and is dropped on receipt."""
+
 
 class Kind(StrEnum):
     HELLO = "hello"
@@ -53,6 +56,10 @@ class Envelope:
     trace_id: str | None = None
     body: dict[str, Any] | None = None
     version: int = ENVELOPE_VERSION
+    traceparent: str | None = None
+    """W3C trace context of a CALL (``00-<trace id>-<parent span id>-<flags>``), so both processes' spans and
+    log lines belong to the caller's trace.  Optional: a peer that sends none, or does not know the field,
+    is served as before."""
 
     def reply(self, result: Any) -> Envelope:
         """The RESULT that answers this CALL."""

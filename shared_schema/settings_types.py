@@ -56,8 +56,20 @@ def endpoint_is_loopback(endpoint: str) -> bool:
     """Whether a bridge endpoint stays on this machine (ipc, or tcp on a loopback address)."""
     if endpoint.startswith("ipc://"):
         return True
-    host = endpoint[len("tcp://") :].rpartition(":")[0].strip("[]")
+    return host_is_loopback(endpoint[len("tcp://") :].rpartition(":")[0])
+
+
+def host_is_loopback(host: str) -> bool:
+    """Whether a bind address is reachable from this machine only."""
+    host = host.strip("[]")
     return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def check_otlp_endpoint(value: str | None) -> str | None:
+    """An OTLP/HTTP traces URL; checked at start so a typo stops the process instead of losing every span."""
+    if value is not None and not value.startswith(("http://", "https://")):
+        raise ValueError("must be an http:// or https:// URL, e.g. http://127.0.0.1:4318/v1/traces")
+    return value or None
 
 
 def check_tool_dirs(value: list[str]) -> list[str]:

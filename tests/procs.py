@@ -89,12 +89,18 @@ class Proc:
     extra: dict[str, Any] = field(default_factory=dict)
     prefix: list[str] = field(default_factory=list)
     """Run through this first, e.g. ``ip netns exec NS`` (which execs, so the pid is still the process's)."""
+    cwd: Path = ROOT
+    """Where ``python -m`` runs, so whose packages it imports (another checkout's, for an A/B bench)."""
 
     def start(self, *, wait: bool = True, timeout: float = 30.0) -> Proc:
         self._settle_membership()
         log = self.log_path.open("ab")
         self.popen = subprocess.Popen(
-            [*self.prefix, sys.executable, *self.args], env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
+            [*self.prefix, sys.executable, *self.args],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.cwd,
         )
         log.close()
         if wait:

@@ -103,7 +103,8 @@ def test_kubernetes_validation_rejects_a_misspelt_field(tmp_path: Path) -> None:
 def test_kubernetes_pod_is_wired_the_way_the_processes_read_it(monkeypatch: pytest.MonkeyPatch) -> None:
     docs = k8s_docs()
     config = docs["ConfigMap/mcp-p2p"]["data"]
-    assert_settings_valid(config, monkeypatch, "ConfigMap mcp-p2p")
+    # SIDECAR_ADMIN_TOKEN comes from the Secret (checked below): the admin port is not loopback-only
+    assert_settings_valid({**config, "SIDECAR_ADMIN_TOKEN": "x" * 32}, monkeypatch, "ConfigMap mcp-p2p")
     # The bridge stays on the pod's shared loopback; both ends name the same endpoint.
     assert config["GATEWAY_BRIDGE_ENDPOINT"] == config["SIDECAR_BRIDGE_ENDPOINT"]
     assert config["SIDECAR_BRIDGE_ENDPOINT"].startswith("tcp://127.0.0.1:")
@@ -143,6 +144,8 @@ def test_kubernetes_pod_is_wired_the_way_the_processes_read_it(monkeypatch: pyte
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
     token = containers["gateway"]["env"][0]
     assert token["name"] == "GATEWAY_AUTH_TOKEN" and token["valueFrom"]["secretKeyRef"]["name"] == "mcp-p2p-auth"
+    sidecar_env = {var["name"]: var for var in containers["sidecar"]["env"]}
+    assert sidecar_env["SIDECAR_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "mcp-p2p-auth", "key": "token"}
     for container in containers.values():
         context = container["securityContext"]
         assert context["readOnlyRootFilesystem"] is True and context["allowPrivilegeEscalation"] is False

@@ -63,6 +63,13 @@ def test_loopback_detection() -> None:
         ("p2p_sidecar", "SIDECAR_P2P_MAX_MESSAGE_BYTES", "1048576"),  # below one 1 MiB task as msgpack + framing
         ("p2p_sidecar", "SIDECAR_PEER_ALLOWLIST", "12D3KooWgood,not a peer id"),
         ("p2p_sidecar", "SIDECAR_NETWORK_SECRET_FILE", "/nonexistent/network.secret"),
+        ("gateway", "GATEWAY_OTLP_ENDPOINT", "127.0.0.1:4318"),
+        ("p2p_sidecar", "SIDECAR_OTLP_ENDPOINT", "grpc://127.0.0.1:4317"),
+        ("gateway", "GATEWAY_OTLP_SAMPLE_RATIO", "2"),
+        ("p2p_sidecar", "SIDECAR_DASHBOARD_INTERVAL", "0"),
+        # the dashboard shows the network's tasks and peers: off loopback only behind a token
+        ("p2p_sidecar", "SIDECAR_ADMIN_HOST", "0.0.0.0"),
+        ("p2p_sidecar", "SIDECAR_ADMIN_TOKEN", "short"),
     ],
 )
 def test_bad_value_stops_the_process_with_one_line(module: str, variable: str, value: str) -> None:
@@ -81,6 +88,14 @@ def test_a_short_network_secret_is_refused_without_showing_it(tmp_path: Path) ->
         SidecarSettings(network_secret_file=secret)
     line = describe_settings_error(info.value, "SIDECAR_")
     assert "SIDECAR_NETWORK_SECRET_FILE" in line and "at least 16" in line and "hunter2" not in line
+
+
+def test_an_admin_port_off_loopback_needs_a_token() -> None:
+    with pytest.raises(ValidationError) as info:
+        SidecarSettings(admin_host="0.0.0.0")
+    assert "SIDECAR_ADMIN_TOKEN" in describe_settings_error(info.value, "SIDECAR_")
+    assert SidecarSettings(admin_host="0.0.0.0", admin_token="a-long-enough-admin-token").admin_token is not None
+    assert SidecarSettings(admin_host="127.0.0.2").admin_token is None  # loopback: the token is optional
 
 
 @pytest.mark.parametrize("module", ["gateway", "p2p_sidecar", "supervisor"])

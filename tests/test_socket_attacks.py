@@ -66,7 +66,11 @@ def test_every_socket_survives_and_the_polite_client_is_served(attacked_stack: A
 
     assert metric('sidecar_p2p_refused_total{reason="no_secret_proof"}') >= seen("p2p_members_only_op:forbidden")
     assert metric('sidecar_p2p_protocol_errors_total{reason="too_large"}') >= 1
-    assert metric('sidecar_p2p_protocol_errors_total{reason="too_many_streams"}') >= 1  # 100 idle streams, cap 64
+    # 100 idle streams against a cap of 64 trip it when the attacker gets 64 open within its window, which a
+    # loaded machine may not allow (opening one takes a protocol negotiation with a node under a dozen other
+    # attacks); tests/test_p2p_stream_cap.py checks the cap alone, exactly, every time
+    if seen("p2p_idle_streams:opened") >= 64:
+        assert metric('sidecar_p2p_protocol_errors_total{reason="too_many_streams"}') >= 1
     for kind in ("libp2p_remote_call", "libp2p_task"):
         assert result["client_by_kind"][kind]["attack"]["success_rate"] == 1.0, result["client_by_kind"][kind]
     rss = result["rss_mib"]

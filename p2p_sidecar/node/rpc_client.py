@@ -29,7 +29,7 @@ from p2p_sidecar.node.budget import PartialFrameBudget
 from p2p_sidecar.node.metrics import NodeMetrics
 from p2p_sidecar.node.streams import FramedStream, StreamGone
 from p2p_sidecar.node.wire import Reply, Request, WireError, decode, encode
-from shared_schema import BridgeError, ErrorCode
+from shared_schema import BridgeError, ErrorCode, tracing
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,9 @@ class RpcClient:
         started = time.perf_counter()
         outcome = "ok"
         try:
-            reply = await self._request(peer_id, op, args, timeout, idempotent)
+            # Inside a trace the request carries it (and is a span when export is on); otherwise nothing is added.
+            with tracing.outgoing(f"p2p {op}", attributes={"rpc.method": op, "peer.id": peer_id}) as traceparent:
+                reply = await self._request(peer_id, op, args, timeout, idempotent, traceparent)
             if reply.error is not None:
                 raise BridgeError.from_info(reply.error)
             return reply.result
@@ -116,10 +118,12 @@ class RpcClient:
             self._metrics.requests.labels("out", op, outcome).inc()
             self._metrics.request_seconds.labels("out").observe(time.perf_counter() - started)
 
-    async def _request(self, peer_id: str, op: str, args: dict[str, Any], timeout: float, idempotent: bool) -> Reply:
+    async def _request(
+        self, peer_id: str, op: str, args: dict[str, Any], timeout: float, idempotent: bool, traceparent: str | None
+    ) -> Reply:
         request_id = next(self._ids)
         try:
-            frame = encode(Request(request_id, op, args, timeout), self._max_bytes)
+            frame = encode(Request(request_id, op, args, timeout, traceparent), self._max_bytes)
         except WireError as exc:
             raise BridgeError(ErrorCode.TOO_LARGE, f"request too large for the peer protocol: {exc.detail}") from None
         except (TypeError, ValueError, OverflowError) as exc:

@@ -33,7 +33,7 @@ from p2p_sidecar.node.membership import Refusal
 from p2p_sidecar.node.metrics import NodeMetrics
 from p2p_sidecar.node.streams import FramedStream, StreamGone
 from p2p_sidecar.node.wire import Reply, Request, WireError, decode, encode, error_reply
-from shared_schema import BridgeError, ErrorCode
+from shared_schema import BridgeError, ErrorCode, tracing
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +204,16 @@ class RpcServer:
         self._on_request(framed.peer_id)
         try:
             with trio.move_on_after(request.timeout) as scope:
-                result = await handler(context, request.args)
+                if request.traceparent is None:
+                    result = await handler(context, request.args)
+                else:  # part of the caller's trace: this side's span (export on) or at least its context
+                    with tracing.served(
+                        f"p2p {request.op}",
+                        traceparent=request.traceparent,
+                        call_id=f"{framed.peer_id[-8:]}/{request.id}",
+                        attributes={"rpc.method": request.op, "peer.id": framed.peer_id},
+                    ):
+                        result = await handler(context, request.args)
             if scope.cancelled_caught:
                 reply = error_reply(request.id, ErrorCode.TIMEOUT, f"{request.op} took longer than {request.timeout}s")
             else:

@@ -3,13 +3,16 @@
 A libp2p stream carries frames: a 4-byte big-endian length, then that many
 bytes of one msgpack map.  Two kinds of message exist:
 
-    request  {"v": 1, "k": "req", "id": u64, "op": str, "a": map, "t": ms}
+    request  {"v": 1, "k": "req", "id": u64, "op": str, "a": map, "t": ms, "tp"?: str}
     reply    {"v": 1, "k": "res", "id": u64, "r": any}
              {"v": 1, "k": "err", "id": u64, "e": {"code": str, "message": str, "data"?: any}}
 
 ``t`` is the time the caller will wait, in milliseconds, measured when the
 request was written: peers do not share a clock, so a relative budget is the
-only deadline both ends can agree on.  Error codes are the bridge's
+only deadline both ends can agree on.  ``tp``, optional, is the caller's W3C
+``traceparent`` when the request is part of a trace; a peer that does not
+know it ignores it (unknown keys are not an error), and one that is not a
+short string is dropped, so it needed no version bump.  Error codes are the bridge's
 (``shared_schema.ErrorCode``), so an error can travel peer -> sidecar ->
 gateway -> MCP client unchanged.
 
@@ -27,6 +30,7 @@ from typing import Any
 import msgpack
 
 from shared_schema import ErrorCode, ErrorInfo
+from shared_schema.envelope import MAX_TRACEPARENT
 
 PROTOCOL_ID = "/mcp-p2p/rpc/1.0.0"
 WIRE_VERSION = 1
@@ -59,6 +63,8 @@ class Request:
     args: dict[str, Any] = field(default_factory=dict)
     timeout: float = 10.0
     """Seconds the caller will wait; the callee should not work on it for longer."""
+    traceparent: str | None = None
+    """The caller's W3C trace context, when the request belongs to a trace."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +84,10 @@ Message = Request | Reply
 def _body(message: Message) -> dict[str, Any]:
     if isinstance(message, Request):
         timeout_ms = max(1, min(MAX_TIMEOUT_MS, round(message.timeout * 1000)))
-        return {"v": WIRE_VERSION, "k": "req", "id": message.id, "op": message.op, "a": message.args, "t": timeout_ms}
+        body = {"v": WIRE_VERSION, "k": "req", "id": message.id, "op": message.op, "a": message.args, "t": timeout_ms}
+        if message.traceparent is not None:
+            body["tp"] = message.traceparent
+        return body
     if message.error is not None:
         return {"v": WIRE_VERSION, "k": "err", "id": message.id, "e": message.error.to_wire()}
     return {"v": WIRE_VERSION, "k": "res", "id": message.id, "r": message.result}
@@ -148,7 +157,10 @@ def _decode_request(wire: dict[str, Any], request_id: int) -> Request:
     timeout_ms = wire.get("t")
     if isinstance(timeout_ms, bool) or not isinstance(timeout_ms, int) or not 0 < timeout_ms <= MAX_TIMEOUT_MS:
         raise WireError("bad_field", f"t must be milliseconds from 1 to {MAX_TIMEOUT_MS}", request_id)
-    return Request(request_id, op, args, timeout_ms / 1000)
+    traceparent = wire.get("tp")
+    if not isinstance(traceparent, str) or not 0 < len(traceparent) <= MAX_TRACEPARENT:
+        traceparent = None  # advisory: a bad one starts a new trace on this side, it fails no request
+    return Request(request_id, op, args, timeout_ms / 1000, traceparent)
 
 
 def error_reply(request_id: int, code: ErrorCode, message: str, data: Any = None) -> Reply:

@@ -436,6 +436,14 @@ class TaskStore:
         )
         return {row[0] for row in self.db.execute(sql, () if peer is None else (peer,))}
 
+    def completed_by_peer(self) -> dict[str | None, int]:
+        """Completed tasks of this node's queue by the peer whose worker ran them (None: this node's own).
+
+        Read-only, for status views (the dashboard); a scan of the tasks table, so callers cache it.
+        """
+        sql = "SELECT worker_peer, COUNT(*) FROM tasks WHERE status = 'completed' GROUP BY worker_peer"
+        return {row[0]: row[1] for row in self.db.execute(sql)}
+
     def next_ready_at(self) -> float | None:
         """The earliest end of a retry backoff still ahead of the counted ones (None if no task waits)."""
         if not any(count > 0 for count in self._delayed.values()):
