@@ -26,6 +26,8 @@ from shared_schema import tracing
 from shared_schema.settings_types import describe_settings_error
 
 LISTEN_BACKLOG = 2048
+WORKER_JOIN_WAIT = 5.0
+"""Seconds a gateway worker waits for its bridge before it takes connections from the port all the same."""
 """Connections the kernel queues for the gateway to accept (uvicorn's default; capped by net.core.somaxconn)."""
 
 
@@ -140,6 +142,7 @@ def serve(settings: GatewaySettings, sockets: list[socket.socket], worker: Worke
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
     from gateway.app import Gateway, create_app
+    from gateway.bridge_client import SidecarState
     from gateway.http_limits import guarded_http_protocol
     from gateway.lifecycle import hold_event_streams
     from gateway.oauth import OAuthConfigError
@@ -186,8 +189,19 @@ def serve(settings: GatewaySettings, sockets: list[socket.socket], worker: Worke
         def on_serving() -> None:  # tell the pool's parent; it tells systemd once every worker serves
             os.write(ready_fd, f"{worker.index}\n".encode())
 
+    before_public = None
+    bridge = gateway.bridge
+    if worker is not None and bridge is not None:
+
+        async def before_public() -> None:
+            # A worker (re)started beside others takes connections from the shared port only once it can serve
+            # P2P tools, or after a short wait: without a sidecar it serves its local tools, as one process does.
+            await bridge.wait_until(SidecarState.UP, WORKER_JOIN_WAIT)
+
     hold_event_streams()  # SIGTERM drains calls first; Gateway.drain ends the event streams after
-    server = GatewayServer(config, listeners, on_exit=gateway.begin_shutdown, on_serving=on_serving)
+    server = GatewayServer(
+        config, listeners, on_exit=gateway.begin_shutdown, on_serving=on_serving, before_public=before_public
+    )
     server.run()
     if not server.started:
         raise SystemExit(1)

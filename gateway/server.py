@@ -5,7 +5,9 @@
 * it serves sockets bound beforehand (``gateway/listeners.py``), accepted by
   ``Acceptor`` rather than uvloop's one-connection-per-iteration accept; each
   listener may carry its own ASGI ``state`` (how a worker tells requests
-  forwarded by another worker from the public ones, ``gateway/workers.py``);
+  relayed by another worker from the public ones, ``gateway/worker_links.py``),
+  and the public ones may wait for ``before_public`` (a worker joins the port
+  once its bridge is up, so the others answer meanwhile);
 * a requested stop (SIGTERM/SIGINT) ends in exit code 0: uvicorn re-raises the
   captured signal after its graceful shutdown, so the process would die "by
   SIGTERM", which supervisors and systemd read as a failure.  ``on_exit`` runs
@@ -23,7 +25,7 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
@@ -53,11 +55,13 @@ class GatewayServer(uvicorn.Server):
         *,
         on_exit: Callable[[], None],
         on_serving: Callable[[], None] | None = None,
+        before_public: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         super().__init__(config)
         self._listeners = listeners
         self._on_exit = on_exit
         self._on_serving = on_serving
+        self._before_public = before_public
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self._on_exit()
@@ -92,9 +96,15 @@ class GatewayServer(uvicorn.Server):
         acceptors = [
             Acceptor(listener.sock, factory({**self.lifespan.state, **listener.state})) for listener in self._listeners
         ]
-        for acceptor in acceptors:
-            acceptor.start()
         self.servers = acceptors  # type: ignore[assignment]  # uvicorn only calls close() and wait_closed()
+        private = [acceptor for acceptor, listener in zip(acceptors, self._listeners, strict=True) if listener.state]
+        for acceptor in private:
+            acceptor.start()
+        if self._before_public is not None:  # connections for the public port wait in its backlog meanwhile
+            await self._before_public()
+        for acceptor in acceptors:
+            if acceptor not in private:
+                acceptor.start()
         public = [describe(listener.sock) for listener in self._listeners if not listener.state]
         log.info("serving HTTP on %s", ", ".join(public))
         self.started = True
