@@ -92,7 +92,8 @@ class SessionTags:
     def owner(self, public_id: str) -> tuple[int, str] | None:
         """(worker index, the SDK's id) for an id this gateway made, None for anything else."""
         head, dash, rest = public_id.partition("-")
-        if not dash or not rest or head[:1] != "w" or not head[1:].isdigit() or len(head) > 4:
+        digits = head[1:]
+        if not dash or not rest or head[:1] != "w" or not (digits.isascii() and digits.isdigit()) or len(head) > 4:
             return None
         index = int(head[1:])
         return (index, rest) if index < self._place.count else None

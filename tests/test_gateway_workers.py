@@ -24,8 +24,11 @@ import httpx2
 import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.stack import ACCEPT, HANDSHAKE
+from gateway.metrics import GatewayMetrics, merge_worker_metrics
+from gateway.worker_links import SessionTags, WorkerPlace
 from p2p_sidecar.bridge_server import BridgeServer, GatewayLink
 from p2p_sidecar.metrics import SidecarMetrics
 from p2p_sidecar.settings import SidecarSettings
@@ -147,6 +150,37 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+# -- the pure parts ------------------------------------------------------------------------------------
+
+
+def test_session_ids_name_their_worker_and_nothing_else_passes_for_one(tmp_path: Path) -> None:
+    tags = SessionTags(WorkerPlace(1, 3, tmp_path))
+    public = tags.public("0123abcd")
+    assert public == "w1-0123abcd" and tags.owner(public) == (1, "0123abcd")
+    assert tags.owner("w0-ffff") == (0, "ffff") and tags.owner("w2-x-y") == (2, "x-y")
+    arabic_indic_one = "\u0661"  # a digit to str.isdigit, and int() reads it as 1
+    for foreign in ("0123abcd", "w3-0123", "w-12", "w1-", "x1-abc", "w1", "w01234-abc", "", f"w{arabic_indic_one}-abc"):
+        assert tags.owner(foreign) is None, foreign
+
+
+def test_metrics_of_several_workers_are_one_exposition_labelled_by_worker() -> None:
+    first, second = GatewayMetrics(), GatewayMetrics()
+    first.tool_calls.labels("local", "ok").inc(3)
+    second.tool_calls.labels("local", "ok").inc(5)
+    second.tool_latency.labels("p2p").observe(0.2)
+    merged = merge_worker_metrics({0: first.render().decode(), 1: second.render().decode(), 2: None}).decode()
+    families = {family.name: family for family in text_string_to_metric_families(merged)}
+    calls = {
+        sample.labels["worker"]: sample.value
+        for sample in families["gateway_tool_calls"].samples
+        if sample.name.endswith("_total")
+    }
+    assert calls == {"0": 3.0, "1": 5.0}
+    assert merged.count("# TYPE gateway_tool_calls_total counter") == 1  # one family, not one per worker
+    workers = {sample.labels["reported"]: sample.value for sample in families["gateway_workers"].samples}
+    assert workers == {"yes": 2.0, "no": 1.0}
 
 
 # -- one port, two processes, one sidecar -------------------------------------------------------------
