@@ -274,7 +274,11 @@ def saved_section() -> list[str]:
         "run (`bench/workers.py`). The target is REST `echo` at 64 clients with 2 workers at least 1.4x one "
         "process. A gateway process tops out at one core; two can use both cores of this machine only when "
         "nothing else needs them, so every run says how many cores other processes took meanwhile, and the "
-        "`quiet runs` column keeps the runs where they took less than a quarter of a core.",
+        "`quiet runs` column keeps the runs where they took less than a quarter of a core. P2P calls cannot gain "
+        "on two cores: each needs the gateway's and the sidecar's CPU (the last two columns, about half a "
+        "millisecond in all), and with one gateway process the sidecar already runs on the second core; on "
+        "larger machines they scale until the sidecar's one core is full (the model after the table). The "
+        "handshake-era row relays half its requests on purpose (every connection takes every session in turn).",
         "",
         FIGURES.read_text().strip(),
         "",
