@@ -98,8 +98,8 @@ class WorkerPool:
         """Every worker's sockets, before any worker starts; raises ``ListenError`` (nothing left open)."""
         settings = self.settings
         share = not hasattr(socket, "SO_REUSEPORT")  # elsewhere: one socket, every worker accepts from it
+        first = bind_tcp(settings.host, settings.port, backlog=self.backlog, reuse_port=not share)
         try:
-            first = bind_tcp(settings.host, settings.port, backlog=self.backlog, reuse_port=not share)
             port = first[0].getsockname()[1]
             base = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0] or None  # systemd's, when it made one
             self.directory = Path(tempfile.mkdtemp(prefix="mcp-p2p-gateway-", dir=base))
@@ -111,7 +111,9 @@ class WorkerPool:
                 )
                 private = bind_unix(self.directory / f"worker-{index}.sock", backlog=self.backlog)
                 self.workers.append(_Worker(index, public, private))
-        except ListenError:
+        except (ListenError, OSError):
+            for sock in first:
+                sock.close()
             self.close()
             raise
 
@@ -252,5 +254,8 @@ def run_pool(settings: GatewaySettings, argv: Sequence[str], *, backlog: int) ->
         pool.bind()
     except ListenError as exc:
         print(f"gateway cannot start: {exc} (GATEWAY_HOST, GATEWAY_PORT)", file=sys.stderr)
+        return 1
+    except OSError as exc:  # the workers' socket directory
+        print(f"gateway cannot start: cannot make the workers' private sockets: {exc}", file=sys.stderr)
         return 1
     return pool.run()
