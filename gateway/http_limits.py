@@ -88,6 +88,7 @@ def guarded_http_protocol(
                 connection._timed_out()
         sweeper.append(loop.call_later(sweep_interval, sweep))
 
+    # a class on a base chosen at run time (httptools or h11) cannot be checked statically
     class GuardedHTTPProtocol(base):  # type: ignore[valid-type,misc]
         _guard_deadline: float | None = None
         _guard_cycle: Any = None
