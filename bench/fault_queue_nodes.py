@@ -250,7 +250,7 @@ def apply_fault(fault: Fault, peers: dict[str, Peer], lab: NetnsLab | None) -> F
         peer.sidecar.start(wait=False)
     elif record.kind == "sigterm":
         peer.sidecar.signal(signal.SIGTERM)
-        record.exit_code = peer.sidecar.popen.wait(timeout=30)  # type: ignore[union-attr]
+        record.exit_code = peer.sidecar.exit_code(30)
         time.sleep(fault.down_s)
         peer.sidecar.start(wait=False)
     elif record.kind == "partition":

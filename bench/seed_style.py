@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from typing import Any
 
 from bench.bridge_cost import PAYLOAD, median_result
 from bench.loadgen import LoadResult, run_wrk
 from tests.procs import ROOT, free_port, http_json, wait_for
 
 
-def run(gateway_url: str, *, concurrencies: list[int], seconds: float, repeats: int) -> list[dict]:
+def run(gateway_url: str, *, concurrencies: list[int], seconds: float, repeats: int) -> list[dict[str, Any]]:
     port = free_port()
     seed = subprocess.Popen([sys.executable, "-m", "bench.seed_style_app", str(port)], cwd=ROOT)
     seed_url = f"http://127.0.0.1:{port}"

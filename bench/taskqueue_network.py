@@ -214,8 +214,8 @@ def run(
         bootstrap={"b": ["a"], "c": ["a"]},
         gateways=("a", "b", "c"),
         gateway_env={"GATEWAY_LOG_LEVEL": "warning"},
+        env={name: QUIET_P2P for name in ("a", "b", "c")},
         SIDECAR_LOG_LEVEL="warning",
-        **QUIET_P2P,
     )
     results: dict[str, Any] = {"tasks": tasks, "repeats": repeats, "samples": samples, "warmup": warmup}
     with running_network(peers):
@@ -231,7 +231,10 @@ def run(
                 what=f"{peer.name} sees both others running echo",
             )
         clients = {name: Client(peer) for name, peer in peers.items()}
-        placements = {"remote_b": {"placement": {"peer": b.peer_id}}, "local_a": {"placement": "local"}}
+        placements: dict[str, dict[str, Any]] = {
+            "remote_b": {"placement": {"peer": b.peer_id}},
+            "local_a": {"placement": "local"},
+        }
         # warm-up: every path once, so connections and streams exist
         latency_pairs(clients["a"], placements, warmup)
         throughput(peers, clients, {"a": min(tasks, 500)}, None)

@@ -25,6 +25,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from enum import StrEnum
+from functools import partial
 from typing import Any
 
 import anyio
@@ -53,7 +54,8 @@ from shared_schema.progress import Progress, Sink
 log = logging.getLogger(__name__)
 
 InboundHandler = Callable[[Envelope], Awaitable[Envelope]]
-CatalogHandler = Callable[[list[ToolSpec]], None]
+CatalogHandler = Callable[[list[ToolSpec]], object]
+"""Told every catalog the sidecar sends; what it returns is ignored."""
 
 
 _HANDSHAKE_FAILED = (
@@ -408,7 +410,8 @@ class BridgeClient:
             except ValidationError as exc:
                 self._drop("bad_catalog_entry", f"{raw.get('name') if isinstance(raw, dict) else raw!r:.80}: {exc}")
         self._catalog_revision = body.get("revision")
-        self.sidecar_info = body.get("node") if isinstance(body.get("node"), dict) else {}
+        node = body.get("node")
+        self.sidecar_info = node if isinstance(node, dict) else {}
         self._on_catalog(specs)
         self._set_state(SidecarState.UP, f"catalog of {len(specs)} tools received")
 
@@ -427,7 +430,10 @@ class BridgeClient:
         task.add_done_callback(self._inbound.discard)
         if envelope.id and envelope.id not in self._inbound_by_id:
             self._inbound_by_id[envelope.id] = task
-            task.add_done_callback(lambda _task, call_id=envelope.id: self._inbound_by_id.pop(call_id, None))
+            task.add_done_callback(partial(self._forget_inbound, envelope.id))
+
+    def _forget_inbound(self, call_id: str, _task: asyncio.Task[None]) -> None:
+        self._inbound_by_id.pop(call_id, None)
 
     async def _serve_inbound(self, envelope: Envelope) -> None:
         try:
@@ -441,5 +447,5 @@ class BridgeClient:
             frame = encode(envelope.fail(ErrorInfo(ErrorCode.TOOL_ERROR, f"result is not serialisable: {exc}")))
         if len(frame) > self._max_frame:
             frame = encode(envelope.fail(ErrorInfo(ErrorCode.TOO_LARGE, "result exceeds the bridge frame limit")))
-        self._metrics.inbound_calls.labels("ok" if reply.kind is Kind.RESULT else reply.error.code.value).inc()  # type: ignore[union-attr]
+        self._metrics.inbound_calls.labels(reply.outcome).inc()
         self._send(frame)

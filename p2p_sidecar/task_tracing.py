@@ -22,6 +22,7 @@ runs later, perhaps on another peer.  To keep the two in one trace:
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -120,13 +121,14 @@ async def _origin(context: TaskContext, traces: TaskTraces, call_peer: PeerCall)
 
 
 def _traced(task_type: str, executor: Executor, traces: TaskTraces, call_peer: PeerCall) -> Executor:
+    @functools.wraps(executor)  # keeps its docstring and its ``validate``, which task_submit calls
     async def run(payload: Any, context: TaskContext) -> Any:
         call_id = f"task:{context.task_id}"
         if not tracing.enabled():
             with tracing.served(f"task {task_type}", traceparent=None, call_id=call_id):
                 return await executor(payload, context)
         origin = await _origin(context, traces, call_peer)
-        attributes = {
+        attributes: dict[str, str | int] = {
             "mcp_p2p.task.id": context.task_id,
             "mcp_p2p.task.type": task_type,
             "mcp_p2p.task.attempt": context.attempt,
@@ -151,8 +153,4 @@ def _traced(task_type: str, executor: Executor, traces: TaskTraces, call_peer: P
         ):
             return await executor(payload, context)
 
-    validate = getattr(executor, "validate", None)
-    if validate is not None:
-        run.validate = validate  # type: ignore[attr-defined]
-    run.__doc__ = executor.__doc__
     return run

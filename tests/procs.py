@@ -127,11 +127,17 @@ class Proc:
     def alive(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
 
+    def exit_code(self, timeout: float) -> int:
+        """Wait for the process to exit by itself (at most ``timeout`` seconds) and return its exit code."""
+        assert self.popen is not None, f"{self.name} was never started"
+        return self.popen.wait(timeout=timeout)
+
     def wait_healthy(self, timeout: float = 30.0, *, status: int = 200) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.alive():
-                raise RuntimeError(f"{self.name} exited with {self.popen.returncode}:\n{self.log_tail()}")  # type: ignore[union-attr]
+                returncode = self.popen.returncode if self.popen is not None else None
+                raise RuntimeError(f"{self.name} exited with {returncode}:\n{self.log_tail()}")
             try:
                 code, _ = http_json("GET", self.health_url, timeout=1.0)
                 if code == status:
@@ -154,7 +160,7 @@ class Proc:
     def kill9(self) -> None:
         if self.alive():
             os.kill(self.pid, signal.SIGKILL)
-            self.popen.wait(timeout=10)  # type: ignore[union-attr]
+            self.exit_code(10)
 
     def stop(self, timeout: float = 15.0) -> int | None:
         if self.popen is None:

@@ -113,14 +113,14 @@ def _status(raw: bytes) -> int:
     return int(raw.split(b" ", 2)[1]) if raw.startswith(b"HTTP/1.1 ") else 0
 
 
-def _mcp_modern(name: str, arguments: Any) -> tuple[dict, dict[str, str]]:
+def _mcp_modern(name: str, arguments: Any) -> tuple[dict[str, Any], dict[str, str]]:
     meta = {
         "io.modelcontextprotocol/protocolVersion": MODERN,
         "io.modelcontextprotocol/clientCapabilities": {},
         "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "1"},
     }
-    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": name, "arguments": arguments}}
-    body["params"]["_meta"] = meta
+    params = {"name": name, "arguments": arguments, "_meta": meta}
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params}
     headers = {
         "accept": "application/json, text/event-stream",
         "mcp-protocol-version": MODERN,
@@ -304,8 +304,8 @@ def test_sidecar_checks_depth_of_calls_it_receives(limited: tuple[Proc, Proc]) -
     finally:
         dealer.close()
         context.term()
-    assert reply.kind is Kind.ERROR and reply.error.code is ErrorCode.INVALID_ARGUMENTS
-    assert "nest deeper" in reply.error.message
+    assert reply.kind is Kind.ERROR and reply.error is not None
+    assert reply.error.code is ErrorCode.INVALID_ARGUMENTS and "nest deeper" in reply.error.message
 
 
 @pytest.mark.e2e

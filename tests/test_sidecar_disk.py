@@ -67,7 +67,7 @@ def check_database(data_dir: Path) -> int:
 def start_failure(proc: Proc, timeout: float = 30.0) -> tuple[int, str]:
     """Start a process expected to stop at once; returns its exit code and its one-line error."""
     proc.start(wait=False)
-    code = proc.popen.wait(timeout=timeout)  # type: ignore[union-attr]
+    code = proc.exit_code(timeout)
     lines = [line for line in proc.log_path.read_text().splitlines() if line.startswith("sidecar cannot start")]
     assert len(lines) == 1, proc.log_tail()
     return code, lines[0]

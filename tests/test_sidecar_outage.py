@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,7 +14,7 @@ from tests.procs import gateway_proc, http_json, running, sidecar_proc, wait_for
 pytestmark = pytest.mark.e2e
 
 
-def _execute(url: str, tool: str, args: dict, timeout: float = 10.0) -> tuple[int, dict, float]:
+def _execute(url: str, tool: str, args: dict[str, Any], timeout: float = 10.0) -> tuple[int, dict[str, Any], float]:
     started = time.monotonic()
     status, body = http_json("POST", f"{url}/tools/execute/{tool}", args, timeout=timeout)
     return status, body, time.monotonic() - started

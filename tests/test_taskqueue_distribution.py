@@ -179,12 +179,13 @@ def test_ops_refuse_late_duplicate_and_malformed_reports(tmp_path: Path) -> None
         assert (await rpc.request("A", OP_RELEASE, {"worker": "w", "leases": [[lease["task_id"], 1]]}, timeout=1)) == {
             "released": 0
         }
-        for op, body, words in [
+        malformed: list[tuple[str, dict[str, Any], str]] = [
             (OP_CLAIM, {"worker": "w", "boot": "b", "types": "echo", "max": 1}, "types must be a list"),
             (OP_CLAIM, {"worker": "w", "boot": "b", "types": [], "max": 0}, "max must be an integer"),
             (OP_HEARTBEAT, {"worker": "w", "boot": "b", "leases": [["t"]]}, "[task_id, attempt]"),
             (OP_COMPLETE, {"reports": []}, "reports must be a list"),
-        ]:
+        ]
+        for op, body, words in malformed:
             with pytest.raises(PeerOpFailed, match=words.replace("[", r"\[").replace("]", r"\]")):
                 await rpc.request("A", op, body, timeout=1)
 

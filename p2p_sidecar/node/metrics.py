@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from p2p_sidecar.node.budget import PartialFrameBudget
@@ -59,4 +61,4 @@ class NodeMetrics:
 
     def bind_table(self, table: PeerTable) -> None:
         for state in PeerState:
-            self.peers.labels(state.value).set_function(lambda state=state: table.count(state))
+            self.peers.labels(state.value).set_function(partial(table.count, state))

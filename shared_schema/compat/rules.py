@@ -74,7 +74,7 @@ def select_functions(
         return [(source.tool_name, loaded)] if callable(loaded) else []
     if not isinstance(loaded, types.ModuleType):
         return []
-    public = sorted(
+    public: list[tuple[str, Callable[..., Any]]] = sorted(
         (name, obj) for name, obj in vars(loaded).items() if not name.startswith("_") and inspect.isfunction(obj)
     )
     own = [(name, fn) for name, fn in public if fn.__module__ == loaded.__name__]

@@ -149,7 +149,7 @@ def importable_package(chain: list[Path]) -> str | None:
 
 def _context_key(folders: list[Path]) -> str:
     """Sizes and mtimes of the modules beside the collection (what parent-relative imports reach)."""
-    parts = []
+    parts: list[str] = []
     for folder in folders:
         try:
             files = sorted(p for p in folder.iterdir() if p.suffix == ".py" and p.is_file())
