@@ -23,6 +23,9 @@ copied.
 
 Total connections are bounded by uvicorn's own ``limit_concurrency``
 (``GATEWAY_MAX_CONNECTIONS``), idle keep-alive by ``timeout_keep_alive``.
+
+The protocol wrapper reads uvicorn internals; ``gateway/uvicorn_internals.py`` stops the gateway at start-up
+on a uvicorn they were not checked against.
 """
 
 from __future__ import annotations
