@@ -114,12 +114,14 @@ def main(argv: list[str] | None = None) -> None:
     from gateway.http_limits import guarded_http_protocol
     from gateway.lifecycle import hold_event_streams
     from gateway.oauth import OAuthConfigError
+    from gateway.uvicorn_internals import UvicornMismatch, check_uvicorn
     from shared_schema.curve import CurveKeyError
 
     try:
+        check_uvicorn()
         gateway = Gateway(settings)
         app = create_app(settings, gateway)
-    except (OAuthConfigError, CurveKeyError) as exc:
+    except (OAuthConfigError, CurveKeyError, UvicornMismatch) as exc:
         print(f"gateway cannot start: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
     protocol = guarded_http_protocol(
