@@ -368,10 +368,6 @@ class SidecarSettings(BaseSettings):
         description="Gateway public certificates (.key files, or directories of them) allowed to connect with CURVE.",
     )
 
-    @property
-    def bridge_curve_enabled(self) -> bool:
-        return self.bridge_curve_secret_key_file is not None
-
     @field_validator("otlp_endpoint")
     @classmethod
     def _otlp_url(cls, value: str | None) -> str | None:

@@ -45,7 +45,6 @@ class DecodeError(ValueError):
 
 
 _KINDS = {kind.value: kind for kind in Kind}
-_packer_default = None  # msgpack raises TypeError on unknown types; encode() reports it.
 
 
 def encode(envelope: Envelope) -> bytes:
