@@ -276,6 +276,13 @@ def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.05, what
     raise TimeoutError(f"{what} not met within {timeout}s")
 
 
+def metric_value(url: str, name: str) -> float:
+    """The sum of a metric's samples (``name`` alone or with labels) at a /metrics URL; 0 if it has none."""
+    _, text = http_json("GET", url)
+    samples = [line for line in text.splitlines() if line.startswith((f"{name} ", f"{name}{{"))]
+    return sum(float(line.rsplit(" ", 1)[1]) for line in samples)
+
+
 def start_all(*procs: Proc, timeout: float = 30.0) -> None:
     """Start several processes at once and wait until each is healthy (faster than one by one)."""
     for proc in procs:

@@ -13,6 +13,7 @@ import zmq
 
 from shared_schema import Envelope, Kind, decode, encode
 from tests.procs import Proc, free_port, gateway_proc, http_json, running, wait_for
+from tests.zmq_peer import connect_when_ready
 
 pytestmark = pytest.mark.e2e
 
@@ -34,9 +35,8 @@ def test_sidecar_survives_garbage_wrong_version_and_oversize(stack: tuple[Proc, 
     attacker = context.socket(zmq.DEALER)
     attacker.setsockopt(zmq.LINGER, 0)
     attacker.setsockopt(zmq.RCVTIMEO, 3000)
-    attacker.connect(sidecar.extra["endpoint"])
     try:
-        time.sleep(0.2)
+        connect_when_ready(attacker, sidecar.extra["endpoint"])
         frames = [
             b"",
             os.urandom(64),

@@ -39,7 +39,8 @@ def test_sigterm_drains_in_flight_calls_then_exits_0(tmp_path: Path) -> None:
             admin = f"http://127.0.0.1:{sidecar.extra['admin_port']}/metrics"
             wait_for(lambda: _in_flight(admin, "sidecar_bridge_in_flight") >= 3, 10, what="3 calls in the sidecar")
             sidecar.signal(signal.SIGTERM)
-            time.sleep(0.2)
+            # draining: not ready any more, and from the same step on it accepts no new calls
+            wait_for(lambda: http_json("GET", sidecar.health_url)[0] == 503, 5, what="the sidecar draining")
             refused = http_json("POST", url + "/tools/execute/p2p_echo", {"message": "late"})
             results = [future.result(timeout=10) for future in slow]
         assert all(status == 200 for status, _ in results), results

@@ -121,7 +121,8 @@ def test_sigterm_lets_short_tasks_finish_and_hands_long_ones_back(stack: tuple[s
     wait_status(url, short, "running")
     wait_status(url, long, "running")
     sidecar.signal(signal.SIGTERM)
-    time.sleep(0.2)
+    # draining: not ready any more, and from the same step on it accepts no new work
+    wait_for(lambda: http_json("GET", sidecar.health_url)[0] == 503, 5, what="the sidecar draining")
     status, error = refused(url, "task_submit", task_type="echo", payload=1)
     assert status == 503 and error["code"] == "unavailable"
     assert sidecar.exit_code(15) == 0
