@@ -105,6 +105,8 @@ class BridgeClient:
         self._id_prefix = os.urandom(4).hex() + "-"
         self._sock: AsyncioZmqSocket | None = None
         self._last_inbound = 0.0
+        self._clock: Callable[[], float] = time.monotonic
+        """The event loop's clock once running: what heartbeats measure silence with (and tests can move)."""
         self._catalog_revision: Any = None
         self.state = SidecarState.DOWN
         self.state_reason = "not connected yet"
@@ -123,6 +125,7 @@ class BridgeClient:
     @asynccontextmanager
     async def running(self) -> AsyncIterator[BridgeClient]:
         loop = asyncio.get_running_loop()
+        self._clock = loop.time
         context = zmq.Context()
         raw = context.socket(zmq.DEALER)
         hwm = max(1000, 4 * self._settings.bridge_max_in_flight)
@@ -312,7 +315,7 @@ class BridgeClient:
         if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
             self._handshake_failure = None
             self._metrics.bridge_connects.inc()
-            self._last_inbound = time.monotonic()
+            self._last_inbound = self._clock()
             self._set_state(SidecarState.CONNECTING, "connected, waiting for the catalog")
             self._send_hello()
         elif event["event"] == zmq.EVENT_DISCONNECTED:
@@ -342,7 +345,7 @@ class BridgeClient:
             await asyncio.sleep(interval)
             if self.state is SidecarState.DOWN:
                 continue
-            silent_for = time.monotonic() - self._last_inbound
+            silent_for = self._clock() - self._last_inbound
             if self.state is SidecarState.CONNECTING:
                 self._send_hello()  # the catalog may have been lost; asking again is harmless
             elif self.state is SidecarState.UP and silent_for > timeout:
@@ -350,7 +353,7 @@ class BridgeClient:
             self._send(encode(Envelope(Kind.PING)))
 
     def _on_frames(self, frames: list[bytes]) -> None:
-        self._last_inbound = time.monotonic()
+        self._last_inbound = self._clock()
         if len(frames) != 1:
             self._drop("multipart", f"expected one frame, got {len(frames)}")
             return
