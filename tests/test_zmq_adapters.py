@@ -11,9 +11,7 @@ ROUTER being closed and bound again.
 from __future__ import annotations
 
 import asyncio
-import errno
 import os
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import cast
@@ -27,6 +25,7 @@ from gateway.zmq_asyncio import DRAIN_BATCH, AsyncioZmqSocket
 from p2p_sidecar.zmq_trio import TrioZmqSocket
 from shared_schema.zmq_socket import ZmqSocketCore
 from tests.procs import free_port
+from tests.zmq_peer import rebind_router
 
 IN_FLIGHT = 64
 ROUNDS = 25
@@ -246,22 +245,6 @@ def _pair(context: zmq.Context[zmq.Socket[bytes]], port: int) -> tuple[zmq.Socke
     return router, dealer
 
 
-def _router_again(context: zmq.Context[zmq.Socket[bytes]], port: int) -> zmq.Socket[bytes]:
-    """A new ROUTER on the port the closed one held; libzmq releases it from its I/O thread, a moment later."""
-    router = context.socket(zmq.ROUTER)
-    router.setsockopt(zmq.LINGER, 0)
-    deadline = time.monotonic() + 5
-    while True:
-        try:
-            router.bind(f"tcp://127.0.0.1:{port}")
-            return router
-        except zmq.ZMQError as exc:
-            if exc.errno != errno.EADDRINUSE or time.monotonic() > deadline:
-                router.close(linger=0)
-                raise
-            time.sleep(0.01)
-
-
 def test_trio_64_in_flight_both_ends_sending_while_receiving_and_a_router_restart() -> None:
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     port = free_port()
@@ -275,7 +258,7 @@ def test_trio_64_in_flight_both_ends_sending_while_receiving_and_a_router_restar
             assert sorted(replies) == sorted(f"{i}:{r}".encode() for i in range(IN_FLIGHT) for r in range(ROUNDS))
             nursery.cancel_scope.cancel()
         router.close(linger=0)  # the peer goes away ...
-        again = _router_again(context, port)  # ... and comes back on the same endpoint
+        again = rebind_router(context, port)  # ... and comes back on the same endpoint
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_trio_echo, TrioZmqSocket(again))
@@ -397,7 +380,7 @@ def test_asyncio_64_in_flight_both_ends_sending_while_receiving_and_a_router_res
         try:
             assert await calls(dealer, ROUNDS) == IN_FLIGHT * ROUNDS
             routers.pop().close()  # the peer goes away, and comes back on the same endpoint
-            raw.append(_router_again(context, port))
+            raw.append(rebind_router(context, port))
             routers.append(AsyncioZmqSocket(raw[-1], echo, loop))
             assert await calls(dealer, 2) == IN_FLIGHT * 2
         finally:

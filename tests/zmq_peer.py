@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import time
+
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
@@ -17,3 +20,20 @@ def connect_when_ready(sock: zmq.Socket[bytes], endpoint: str, timeout: float = 
     finally:
         sock.disable_monitor()
         monitor.close(linger=0)
+
+
+def rebind_router(context: zmq.Context[zmq.Socket[bytes]], port: int, timeout: float = 5.0) -> zmq.Socket[bytes]:
+    """A new ROUTER on the loopback port a closed one held; libzmq releases the port from its I/O thread, a moment
+    after ``close``, so the bind is retried while the address is still in use."""
+    router = context.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            router.bind(f"tcp://127.0.0.1:{port}")
+            return router
+        except zmq.ZMQError as exc:
+            if exc.errno != errno.EADDRINUSE or time.monotonic() > deadline:
+                router.close(linger=0)
+                raise
+            time.sleep(0.01)
