@@ -35,10 +35,7 @@ from p2p_sidecar.metrics import SidecarMetrics
 from p2p_sidecar.node.host import Node
 from p2p_sidecar.node.metrics import NodeMetrics
 from p2p_sidecar.settings import SidecarSettings
-from p2p_sidecar.task_tracing import OP as TRACE_OP
-from p2p_sidecar.task_tracing import TaskTraces, TracedQueue, traced_executors
 from p2p_sidecar.taskqueue import QueueService, TaskStore, register_queue_tools
-from p2p_sidecar.taskqueue.executors import ExecutorRegistry
 from p2p_sidecar.taskqueue.peer_rpc import NodePeerRpc
 from p2p_sidecar.tools import ToolCatalog
 from p2p_sidecar.tools.bootstrap import register_bootstrap_tools
@@ -97,19 +94,10 @@ class Sidecar:
 
     def _build_queue(self, store: TaskStore) -> QueueService:
         """The queue, its workflows and their tools, around an open store; advertises the task types it runs."""
-        traces = TaskTraces()
-        self.node.rpc.register(TRACE_OP, traces.op_trace_task)
-        executors = traced_executors(
-            ExecutorRegistry.discover(self.settings.worker_task_types),
-            traces,
-            lambda peer, op, args, timeout: self.node.call(peer, op, args, timeout=timeout),
-        )
-        queue = TracedQueue(
+        queue = QueueService(
             self.settings,
             store,
-            traces=traces,
             rpc=NodePeerRpc(self.node),
-            executors=executors,
             call_gateway=self.bridge.call_gateway,
             local_tools=CatalogTools(self.catalog),
             on_limit=lambda limit: self.metrics.limit_rejections.labels(limit).inc(),

@@ -296,6 +296,7 @@ def test_a_version_1_database_is_migrated_and_keeps_its_tasks(tmp_path: Path) ->
     TaskStore.open(path).close()
     db = sqlite3.connect(path)
     db.execute("ALTER TABLE tasks DROP COLUMN progress")
+    db.execute("ALTER TABLE tasks DROP COLUMN trace")
     db.execute("DROP TABLE workflow_steps")
     db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     db.execute(

@@ -31,6 +31,7 @@ from p2p_sidecar.settings import PEER_MESSAGE_FRAMING_BYTES
 from p2p_sidecar.taskqueue.errors import InvalidRequest, SourceUnavailable
 from p2p_sidecar.taskqueue.model import LeaseAnswer, Verdict
 from p2p_sidecar.taskqueue.records import Lease, Progress, Report
+from shared_schema.tracing import clean_traceparent
 
 OpHandler = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
 """``async handler(peer_id, body) -> reply body``; raise ``BadRequest`` for a malformed body."""
@@ -266,7 +267,7 @@ class ClaimReply:
 
 
 def lease_to_wire(lease: Lease) -> dict[str, Any]:
-    return {
+    wire = {
         "task_id": lease.task_id,
         "attempt": lease.attempt,
         "task_type": lease.task_type,
@@ -274,6 +275,11 @@ def lease_to_wire(lease: Lease) -> dict[str, Any]:
         "timeout_s": lease.timeout_s,
         "priority": lease.priority,
     }
+    if lease.traceparent is not None:
+        wire["tp"] = lease.traceparent
+    if lease.submitted_at is not None:
+        wire["submitted_at"] = lease.submitted_at
+    return wire
 
 
 def lease_from_wire(raw: Any) -> Lease:
@@ -291,7 +297,16 @@ def lease_from_wire(raw: Any) -> Lease:
         payload=raw.get("payload"),
         timeout_s=float(timeout),  # type: ignore[arg-type]  # checked just above
         priority=float(priority),
+        traceparent=clean_traceparent(raw.get("tp")),
+        submitted_at=_advice_time(raw.get("submitted_at")),
     )
+
+
+def _advice_time(value: Any) -> float | None:
+    """An optional time that is only ever advice (where a span starts): a bad one is dropped, not refused."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
 
 
 @dataclass(frozen=True, slots=True)

@@ -138,6 +138,8 @@ class NewTask:
     metadata: dict[str, Any] | None = None
     workflow_id: str | None = None
     step_id: str | None = None
+    traceparent: str | None = None
+    """The W3C trace context the task was submitted in: its attempts run as part of that trace."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +174,7 @@ class TaskRecord:
     result_json: str | None = None
     error: dict[str, Any] | None = None
     progress: Progress | None = None
+    traceparent: str | None = None
 
     @property
     def state(self) -> TaskState:
@@ -194,6 +197,10 @@ class Lease:
     payload: Any
     timeout_s: float
     priority: float
+    traceparent: str | None = None
+    """The trace the task was submitted in (an attempt's spans and log lines join it)."""
+    submitted_at: float | None = None
+    """When the owner accepted the task (its clock): where the attempt's "task queued" span starts."""
 
     @property
     def key(self) -> tuple[str, int]:

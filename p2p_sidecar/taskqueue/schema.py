@@ -50,7 +50,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     finished_at REAL,
     result TEXT,
     error TEXT,
-    progress TEXT
+    progress TEXT,
+    trace TEXT
 );
 CREATE INDEX IF NOT EXISTS tasks_queue ON tasks(priority DESC, seq) WHERE status = 'queued';
 CREATE INDEX IF NOT EXISTS tasks_leases ON tasks(lease_expires) WHERE status = 'running';
@@ -83,10 +84,10 @@ CREATE TABLE IF NOT EXISTS workflow_steps (
 );
 """
 
-_MIGRATIONS: dict[str, str] = {
-    # version 1 -> 2: executors' progress on the task; the workflow tables (created by the engine until then)
-    # are part of the schema and come from _SCHEMA above.
-    "1": "ALTER TABLE tasks ADD COLUMN progress TEXT",
+_MIGRATIONS: dict[str, tuple[str, ...]] = {
+    # version 1 -> 2: executors' progress on the task, and the trace it was submitted in; the workflow tables
+    # (created by the engine until then) are part of the schema and come from _SCHEMA above.
+    "1": ("ALTER TABLE tasks ADD COLUMN progress TEXT", "ALTER TABLE tasks ADD COLUMN trace TEXT"),
 }
 """Each entry upgrades a database from the version it names to the next one, inside one transaction."""
 
@@ -131,7 +132,8 @@ def migrate(db: sqlite3.Connection, path: Path) -> None:
     db.execute("BEGIN IMMEDIATE")
     try:
         while version is not None and version != SCHEMA_VERSION:
-            db.execute(_MIGRATIONS[version])
+            for statement in _MIGRATIONS[version]:
+                db.execute(statement)
             version = str(int(version) + 1)
         for statement in _SCHEMA.split(";"):
             if statement.strip():

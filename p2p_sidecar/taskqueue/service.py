@@ -35,6 +35,7 @@ from p2p_sidecar.taskqueue.records import NewTask, Placement, PlacementKind, Tas
 from p2p_sidecar.taskqueue.store import TaskStore
 from p2p_sidecar.taskqueue.views import describe_task
 from p2p_sidecar.taskqueue.worker import Worker, WorkerConfig, WorkerSpec
+from shared_schema import tracing
 
 if TYPE_CHECKING:
     from p2p_sidecar.settings import SidecarSettings
@@ -196,6 +197,7 @@ class QueueService:
             metadata=metadata,
             workflow_id=workflow_id,
             step_id=step_id,
+            traceparent=tracing.traceparent_of_current(),
         )
         return self.owner.insert(task)
 

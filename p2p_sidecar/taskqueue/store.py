@@ -30,6 +30,7 @@ Status decisions come from ``model`` (pure); this module only persists them.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -160,6 +161,7 @@ def _record(row: sqlite3.Row) -> TaskRecord:
         result_json=row["result"],
         error=json.loads(row["error"]) if row["error"] is not None else None,
         progress=_progress(row["progress"]),
+        traceparent=row["trace"],
     )
 
 
@@ -491,8 +493,8 @@ class TaskStore:
             payload = dumps(task.payload)
             cursor = self.db.execute(
                 "INSERT INTO tasks (task_id, idem_key, task_type, payload, priority, status, placement, tags, "
-                "metadata, retry_policy, timeout_s, workflow_id, step_id, created_at) "
-                "VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?)",
+                "metadata, retry_policy, timeout_s, workflow_id, step_id, created_at, trace) "
+                "VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     task.task_id,
                     task.idem_key,
@@ -507,6 +509,7 @@ class TaskStore:
                     task.workflow_id,
                     task.step_id,
                     now,
+                    task.traceparent,
                 ),
             )
             self._moved(None, TaskStatus.QUEUED)
@@ -531,6 +534,7 @@ class TaskStore:
             metadata=dict(task.metadata or {}),
             workflow_id=task.workflow_id,
             step_id=task.step_id,
+            traceparent=task.traceparent,
         )
         return record, True
 
@@ -580,7 +584,8 @@ class TaskStore:
         sql = (
             "UPDATE tasks SET status = 'running', attempt = attempt + 1, worker = ?, worker_peer = ?, "
             f"lease_boot = ?, lease_expires = ?, started_at = ?, progress = NULL WHERE seq IN ({candidates}) "
-            "RETURNING task_id, attempt, task_type, payload, timeout_s, priority, seq, placement, not_before"
+            "RETURNING task_id, attempt, task_type, payload, timeout_s, priority, seq, placement, not_before, trace, "
+            "created_at"
         )
         params = [worker, peer, boot, now + lease_s, now, *candidate_params]
         with self.transaction():
@@ -599,6 +604,8 @@ class TaskStore:
                 payload=json.loads(row["payload"]),
                 timeout_s=row["timeout_s"],
                 priority=row["priority"],
+                traceparent=row["trace"],
+                submitted_at=row["created_at"],
             )
             for row in rows
         ]
@@ -609,12 +616,14 @@ class TaskStore:
         found = []
         for task_id, attempt in keys:
             row = self.db.execute(
-                "SELECT task_id, attempt, task_type, payload, timeout_s, priority FROM tasks WHERE task_id = ? "
+                "SELECT task_id, attempt, task_type, payload, timeout_s, priority, trace, created_at FROM tasks "
+                "WHERE task_id = ? "
                 f"AND attempt = ? AND status = 'running' AND {peer_clause}",
                 (task_id, attempt, peer),
             ).fetchone()
             if row is not None:
-                found.append(Lease(row[0], row[1], row[2], json.loads(row[3]), timeout_s=row[4], priority=row[5]))
+                lease = Lease(row[0], row[1], row[2], json.loads(row[3]), timeout_s=row[4], priority=row[5])
+                found.append(dataclasses.replace(lease, traceparent=row[6], submitted_at=row[7]))
         return found
 
     def heartbeat(

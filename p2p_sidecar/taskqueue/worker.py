@@ -34,6 +34,7 @@ from p2p_sidecar.taskqueue.errors import InvalidRequest, SourceUnavailable, Task
 from p2p_sidecar.taskqueue.executors import ExecutorRegistry, LocalTools, TaskContext, ToolCaller
 from p2p_sidecar.taskqueue.model import LeaseAnswer, Verdict
 from p2p_sidecar.taskqueue.records import Lease, Progress, Report, dumps
+from p2p_sidecar.taskqueue.spans import attempt_context
 from p2p_sidecar.taskqueue.sync import Broadcast
 
 log = logging.getLogger(__name__)
@@ -400,7 +401,8 @@ class Worker:
             report_progress=report_progress,
         )
         try:
-            value = await executor(lease.payload, context)
+            with attempt_context(lease, running.source.owner):
+                value = await executor(lease.payload, context)
             # One line per execution that ran to its end (debug): fault runs count these against recorded results.
             log.debug("executed task %s attempt %d for %s: ok", lease.task_id, lease.attempt, running.source.owner)
         except TaskFailed as exc:
