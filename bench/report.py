@@ -13,6 +13,7 @@ from bench import (
     taskqueue_network,
     taskqueue_spread,
     tracing_cost,
+    zmq_adapters,
 )
 
 TARGETS_NOTE = (
@@ -308,6 +309,7 @@ def render(results: dict[str, Any], command: str) -> str:
         *collection_startup.external_section(),
         "",
         *tracing_cost.saved_section(),
+        *zmq_adapters.saved_section(),
         *where_the_time_goes(results),
     ]
     return "\n".join(out)
