@@ -134,6 +134,9 @@ class SidecarSettings(BaseSettings):
     worker_task_types: CommaList = Field(
         default_factory=list, description="Task types this node runs and advertises (default: all installed)."
     )
+    worker_test_task_types: bool = Field(
+        False, description="Also run and advertise the test aid task types (fail), for tests and benches only."
+    )
     queue_lease_seconds: float = Field(
         30.0, gt=0, le=3600, description="Lease on a claimed task; renewed by heartbeats every third of it."
     )

@@ -217,6 +217,7 @@ def sidecar_proc(tmp: Path, name: str = "sidecar", *, endpoint: str | None = Non
         "SIDECAR_DATA_DIR": str(data_dir),
         "SIDECAR_LISTEN_ADDRS": f"/ip4/127.0.0.1/tcp/{p2p_port}",
         "SIDECAR_NETWORK_SECRET_FILE": secret_file,
+        "SIDECAR_WORKER_TEST_TASK_TYPES": "true",  # the fail task type, for tests that fail tasks on purpose
     }
     settings.update(env)
     return Proc(
