@@ -1,4 +1,4 @@
-"""The task queue across three nodes (phase 2 of issue 4): durable tasks completed per second, and the
+"""The task queue across three nodes: durable tasks completed per second, and the
 submit-to-result latency of a one-hop remote task, idle and under that load.
 
     .venv/bin/python -m bench.taskqueue_network            # 4,000 tasks x 3 runs per scenario, 300 latency samples
