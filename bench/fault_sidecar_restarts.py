@@ -17,6 +17,10 @@ kill to recovery), the P2P error rate in the steady state after it, the time
 to recovery from the restart (split into the sidecar's own start-up and the
 gateway's reconnection), and every local-tool error (there must be none).
 ``tests/test_fault_restarts.py`` runs a short version and asserts on it.
+
+"The seed" is the plan this project comes from: ipfs_datasets_py's MCP server (its tools in
+``tools/<category>/<tool>.py``) gaining P2P capabilities. Its users' tools, tool names, arguments and REST paths are
+the surface this project stays compatible with.
 """
 
 from __future__ import annotations

@@ -8,6 +8,10 @@ Point it at any gateway:
 `make loadtest` starts a gateway and a sidecar on free ports and runs this headless.
 Weights: an agent lists tools once in a while and calls tools often; P2P and local
 tools are called about equally; a few calls go through the seed's REST face.
+
+"The seed" is the plan this project comes from: ipfs_datasets_py's MCP server (its tools in
+``tools/<category>/<tool>.py``) gaining P2P capabilities. Its users' tools, tool names, arguments and REST paths are
+the surface this project stays compatible with.
 """
 
 from __future__ import annotations

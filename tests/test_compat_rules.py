@@ -1,4 +1,9 @@
-"""The collection loader's rules, piece by piece (the end-to-end proof is test_tool_collection.py)."""
+"""The collection loader's rules, piece by piece (the end-to-end proof is test_tool_collection.py).
+
+"The seed" is the plan this project comes from: ipfs_datasets_py's MCP server (its tools in
+``tools/<category>/<tool>.py``) gaining P2P capabilities. Its users' tools, tool names, arguments and REST paths are
+the surface this project stays compatible with.
+"""
 
 from __future__ import annotations
 

@@ -7,6 +7,10 @@ the official MCP client in both eras and plain HTTP.  The stack uses the wider
 selection (``*_TOOL_SELECTION=wide``), which the generated collection's
 helper-style modules exercise; the default rule is proven on the collection of
 ``tests/toolgen_package.py`` (``test_collection_compat.py``).
+
+"The seed" is the plan this project comes from: ipfs_datasets_py's MCP server (its tools in
+``tools/<category>/<tool>.py``) gaining P2P capabilities. Its users' tools, tool names, arguments and REST paths are
+the surface this project stays compatible with.
 """
 
 from __future__ import annotations
