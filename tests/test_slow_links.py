@@ -2,7 +2,7 @@
 
 The short form of ``bench/slow_links.py`` (which has the figures in docs/benchmarks.md): a-b and a-c are 50 ms /
 1% links, b-c a 200 ms / 5% one (``bench/linklab.py``), every setting the default.  It needs root for the
-namespaces; without root it is skipped with the command to run instead, except under CI (``CI`` set), where
+namespaces; without root it is skipped with the command to run instead, except under ``CI=true``, where
 not being able to run it is a failure, as is being root and still unable to make namespaces.
 """
 
