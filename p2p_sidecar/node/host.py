@@ -129,6 +129,7 @@ class Node:
             frame_timeout=settings.p2p_frame_timeout,
             introduced=self._introduced,
         )
+        metrics.bind_streams(lambda: self.rpc.open_streams)
         self.client = RpcClient(
             self._open_stream,
             max_bytes=settings.p2p_max_message_bytes,

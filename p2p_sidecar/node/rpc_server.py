@@ -93,6 +93,11 @@ class RpcServer:
         self._ops[op] = handler
 
     @property
+    def open_streams(self) -> int:
+        """Inbound streams of our protocol open now, all peers together."""
+        return sum(self._streams.values())
+
+    @property
     def ops(self) -> list[str]:
         return sorted(self._ops)
 
