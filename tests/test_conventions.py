@@ -4,6 +4,7 @@ refers to the plan's bookkeeping (issue numbers, phases of work) that a reader o
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 from tests.procs import ROOT
@@ -14,10 +15,17 @@ BOOKKEEPING = re.compile(r"\bissues? #?\d+|\bphase \d+ of\b|\(phase \d+\)|\bissu
 
 
 def files(*suffixes: str) -> list[Path]:
+    """The project's own files: what git tracks (and what is about to be added), not build output or caches."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
     return [
-        path
-        for path in sorted(ROOT.rglob("*"))
-        if path.suffix in suffixes and path.is_file() and not SKIPPED_DIRS.intersection(path.relative_to(ROOT).parts)
+        ROOT / name
+        for name in sorted(filter(None, listed.split("\0")))
+        if Path(name).suffix in suffixes and (ROOT / name).is_file() and not SKIPPED_DIRS.intersection(Path(name).parts)
     ]
 
 
