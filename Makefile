@@ -59,9 +59,15 @@ browser:
 test-deploy: setup
 	deploy/scripts/test-deploy.sh
 
+# trio ships its own annotations, but py-libp2p installs trio-typing, whose outdated trio-stubs would take
+# precedence for mypy: a link to trio itself, in the folder mypy searches first ([tool.mypy] mypy_path), wins.
+TYPING_OVERRIDES := $(VENV)/typing-overrides
+
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	@mkdir -p $(TYPING_OVERRIDES) && ln -sfn "$$($(BIN)/python -c 'import os, trio; print(os.path.dirname(trio.__file__))')" $(TYPING_OVERRIDES)/trio
+	$(BIN)/mypy
 
 format: setup
 	$(BIN)/ruff format .

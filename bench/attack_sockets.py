@@ -92,7 +92,9 @@ class Client:
     samples: list[Sample] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
 
-    def _call(self, conn: http.client.HTTPConnection, method: str, path: str, body: Any, headers: dict) -> bool:
+    def _call(
+        self, conn: http.client.HTTPConnection, method: str, path: str, body: Any, headers: dict[str, Any]
+    ) -> bool:
         payload = json.dumps(body).encode() if body is not None else None
         conn.request(method, path, payload, {"content-type": "application/json", **headers})
         response = conn.getresponse()
@@ -109,7 +111,8 @@ class Client:
             return self._call(conn, "POST", "/tools/execute/task_wait", {"task_id": task_id, "timeout_s": 10}, {})
         if path == "/tools/execute/task_wait":
             result = json.loads(data)["result"]
-            return result["status"] == "completed" and result["executed_by"] == self.p2p.member_peer_id  # type: ignore[union-attr]
+            assert self.p2p is not None  # task calls are made only with a P2P target
+            return result["status"] == "completed" and result["executed_by"] == self.p2p.member_peer_id
         return True
 
     def run(self) -> None:

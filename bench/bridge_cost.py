@@ -49,7 +49,7 @@ def median_result(results: list[LoadResult]) -> dict[str, float]:
     return {key: statistics.median(getattr(r, key) for r in results) for key in LoadResult.__dataclass_fields__}
 
 
-def run(url: str, *, concurrencies: list[int], seconds: float, repeats: int) -> list[dict]:
+def run(url: str, *, concurrencies: list[int], seconds: float, repeats: int) -> list[dict[str, Any]]:
     check_answers(url)
     rows = []
     for face, request in faces(url).items():

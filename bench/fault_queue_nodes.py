@@ -25,6 +25,7 @@ import argparse
 import concurrent.futures
 import contextlib
 import json
+import os
 import random
 import re
 import secrets
@@ -78,6 +79,9 @@ class FaultRecord:
     exit_code: int | None = None
     resumed_s: float | None = None
     drain_s: float | None = None
+    cut: dict[str, Any] = field(default_factory=dict)
+    """For a partition, what it was, seen while it lasted: the node's process state (``R``/``S``, not ``T``,
+    stopped), whether that process lives in the node's own namespace, and its switch port's state."""
 
 
 # -- the network --------------------------------------------------------------------------------------------------
@@ -235,6 +239,11 @@ def _running_on(a: Peer, peer: Peer, owner_fault: bool) -> list[str]:
     return [task["task_id"] for task in listing["tasks"] if owner_fault or task.get("executed_by") == wanted]
 
 
+def _process_state(pid: int) -> str:
+    """The state letter of ``/proc/<pid>/stat`` (after the parenthesised command name)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
 def apply_fault(fault: Fault, peers: dict[str, Peer], lab: NetnsLab | None) -> FaultRecord:
     peer, a = peers[fault.node], peers["a"]
     record = FaultRecord(fault.kind if fault.kind != "partition" or lab else "stop", fault.node, fault.down_s)
@@ -250,12 +259,17 @@ def apply_fault(fault: Fault, peers: dict[str, Peer], lab: NetnsLab | None) -> F
         peer.sidecar.start(wait=False)
     elif record.kind == "sigterm":
         peer.sidecar.signal(signal.SIGTERM)
-        record.exit_code = peer.sidecar.popen.wait(timeout=30)  # type: ignore[union-attr]
+        record.exit_code = peer.sidecar.exit_code(30)
         time.sleep(fault.down_s)
         peer.sidecar.start(wait=False)
     elif record.kind == "partition":
         assert lab is not None
         lab.partition(fault.node)
+        record.cut = {
+            "process_state": _process_state(peer.sidecar.pid),
+            "in_own_namespace": os.stat(f"/proc/{peer.sidecar.pid}/ns/net").st_ino == lab.namespace_inode(fault.node),
+            "port": lab.port_state(fault.node),
+        }
         time.sleep(fault.down_s)
         lab.heal(fault.node)
     else:

@@ -17,6 +17,10 @@ kill to recovery), the P2P error rate in the steady state after it, the time
 to recovery from the restart (split into the sidecar's own start-up and the
 gateway's reconnection), and every local-tool error (there must be none).
 ``tests/test_fault_restarts.py`` runs a short version and asserts on it.
+
+"The seed" is the plan this project comes from: ipfs_datasets_py's MCP server (its tools in
+``tools/<category>/<tool>.py``) gaining P2P capabilities. Its users' tools, tool names, arguments and REST paths are
+the surface this project stays compatible with.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from typing import Any
 from bench.stack import bench_stack
 from tests.procs import Proc, http_json
 
-CALLS = [
+CALLS: list[tuple[str, str, dict[str, Any]]] = [
     ("local", "/tools/execute/hash_content", {"data": "steady"}),
     ("p2p", "/tools/execute/p2p_hash_content", {"data": "steady"}),
     ("p2p", "/mcp/tools/call", {"name": "p2p_echo", "arguments": {"message": "steady"}}),
@@ -60,7 +64,7 @@ class Load:
     stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def _one(self, conn: http.client.HTTPConnection, path: str, body: dict) -> tuple[bool, int]:
+    def _one(self, conn: http.client.HTTPConnection, path: str, body: dict[str, Any]) -> tuple[bool, int]:
         conn.request("POST", path, json.dumps(body), {"content-type": "application/json"})
         response = conn.getresponse()
         payload = json.loads(response.read())
@@ -161,6 +165,13 @@ def run(
     return analyse(load.snapshot(), windows, settings={"clients": clients, "down_s": down, "up_s": up})
 
 
+def _at(window: dict[str, float | None], moment: str) -> float:
+    """A moment every window has (``killed``, ``restarted``)."""
+    value = window[moment]
+    assert value is not None, f"window without {moment}"
+    return value
+
+
 def analyse(calls: list[Call], windows: list[dict[str, float | None]], settings: dict[str, Any]) -> dict[str, Any]:
     """Attribute every call to an outage window or to steady state, and compute the figures."""
     first = calls[0].started if calls else 0.0
@@ -168,26 +179,25 @@ def analyse(calls: list[Call], windows: list[dict[str, float | None]], settings:
     def inside(call: Call) -> bool:
         for window in windows:
             end = window["recovered"] if window["recovered"] is not None else float("inf")
-            if call.started < end and call.ended >= window["killed"]:  # type: ignore[operator]
+            if call.started < end and call.ended >= _at(window, "killed"):
                 return True
         return False
 
     outages = []
     for index, window in enumerate(windows):
-        killed, recovered = window["killed"], window["recovered"]
-        next_kill = windows[index + 1]["killed"] if index + 1 < len(windows) else float("inf")
+        killed, restarted = _at(window, "killed"), _at(window, "restarted")
+        recovered, healthy = window["recovered"], window["healthy"]
+        next_kill = _at(windows[index + 1], "killed") if index + 1 < len(windows) else float("inf")
         p2p = [call for call in calls if call.kind == "p2p"]
-        during = [c for c in p2p if recovered is not None and c.started < recovered and c.ended >= killed]  # type: ignore[operator]
+        during = [c for c in p2p if recovered is not None and c.started < recovered and c.ended >= killed]
         # steady state: calls that started after recovery and were over before the next kill
-        after = [c for c in p2p if recovered is not None and c.started >= recovered and c.ended < next_kill]  # type: ignore[operator]
+        after = [c for c in p2p if recovered is not None and c.started >= recovered and c.ended < next_kill]
         outages.append(
             {
-                "outage_s": None if recovered is None else recovered - killed,  # type: ignore[operator]
-                "recovery_s": None if recovered is None else recovered - window["restarted"],  # type: ignore[operator]
-                "sidecar_start_s": None if window["healthy"] is None else window["healthy"] - window["restarted"],  # type: ignore[operator]
-                "reconnect_s": None
-                if recovered is None or window["healthy"] is None
-                else max(0.0, recovered - window["healthy"]),  # type: ignore[operator]
+                "outage_s": None if recovered is None else recovered - killed,
+                "recovery_s": None if recovered is None else recovered - restarted,
+                "sidecar_start_s": None if healthy is None else healthy - restarted,
+                "reconnect_s": None if recovered is None or healthy is None else max(0.0, recovered - healthy),
                 "p2p_calls_during": len(during),
                 "p2p_error_rate_during": _rate(during),
                 "p2p_calls_after": len(after),

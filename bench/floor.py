@@ -24,6 +24,7 @@ import zmq.asyncio
 from gateway.bridge_client import BridgeClient, SidecarState
 from gateway.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings
+from shared_schema.envelope import Envelope
 from tests.procs import free_port
 
 ARGS = {"message": "x" * 64}
@@ -79,7 +80,7 @@ async def _raw(endpoint: str, n: int, concurrency: int) -> dict[str, float]:
 async def _ours(endpoint: str, n: int, concurrency: int) -> dict[str, dict[str, float]]:
     settings = GatewaySettings(bridge_endpoint=endpoint, bridge_max_in_flight=4096)
 
-    async def inbound(envelope):  # type: ignore[no-untyped-def]
+    async def inbound(envelope: Envelope) -> Envelope:
         raise AssertionError("no inbound calls in this benchmark")
 
     client = BridgeClient(

@@ -42,6 +42,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 NODE_SUBNET = "10.77.0"
 """Addresses on the links: only inside the namespaces, never in the root namespace."""
@@ -66,12 +67,12 @@ def _root_networks() -> list[ipaddress.IPv4Network]:
     for line in _ip("-4", "-o", "addr", "show").stdout.splitlines():
         parts = line.split()
         if "inet" in parts:
-            found.append(ipaddress.ip_network(parts[parts.index("inet") + 1], strict=False))
+            found.append(ipaddress.IPv4Network(parts[parts.index("inet") + 1], strict=False))
     for line in _ip("-4", "route", "show").stdout.splitlines():
         target = line.split()[0]
         if target != "default":
             try:
-                found.append(ipaddress.ip_network(target, strict=False))
+                found.append(ipaddress.IPv4Network(target, strict=False))
             except ValueError:
                 continue
     return found
@@ -82,7 +83,7 @@ def pick_mgmt_subnet(seed: int) -> ipaddress.IPv4Network:
     used = _root_networks()
     for step in range(4096):
         index = (seed * 7919 + step) % 32768
-        candidate = ipaddress.ip_network(f"10.{128 + index // 256}.{index % 256}.0/24")
+        candidate = ipaddress.IPv4Network(f"10.{128 + index // 256}.{index % 256}.0/24")
         if not any(candidate.overlaps(network) for network in used):
             return candidate
     raise RuntimeError("no free /24 under 10.128.0.0/9 in the root namespace")
@@ -231,16 +232,16 @@ def _open_tun(name: str) -> int:
     return fd
 
 
-def relay(spec: list[dict[str, object]]) -> dict[str, dict[str, int]]:
+def relay(spec: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
     """Carry packets between the two TUN devices of each link until stdin ends; returns the counts per link."""
     rng = random.Random()
     selector = selectors.DefaultSelector()
-    links: dict[str, dict[str, object]] = {}
+    links: dict[str, dict[str, float]] = {}
     counts: dict[str, dict[str, int]] = {}
     for entry in spec:
         name = str(entry["name"])
         fd_a, fd_b = _open_tun(str(entry["a"])), _open_tun(str(entry["b"]))
-        links[name] = {"delay": float(entry["delay_ms"]) / 1000, "loss": float(entry["loss"])}  # type: ignore[arg-type]
+        links[name] = {"delay": float(entry["delay_ms"]) / 1000, "loss": float(entry["loss"])}
         counts[name] = {"packets": 0, "dropped": 0, "bytes": 0}
         selector.register(fd_a, selectors.EVENT_READ, (name, fd_b))
         selector.register(fd_b, selectors.EVENT_READ, (name, fd_a))
@@ -278,10 +279,10 @@ def relay(spec: list[dict[str, object]]) -> dict[str, dict[str, int]]:
                     break
                 counts[name]["packets"] += 1
                 counts[name]["bytes"] += len(packet)
-                if rng.random() < float(link["loss"]):  # type: ignore[arg-type]
+                if rng.random() < link["loss"]:
                     counts[name]["dropped"] += 1
                     continue
-                heapq.heappush(queue, (time.monotonic() + float(link["delay"]), next(order), out, packet))  # type: ignore[arg-type]
+                heapq.heappush(queue, (time.monotonic() + link["delay"], next(order), out, packet))
         now = time.monotonic()
         while queue and queue[0][0] <= now:
             _, _, out, packet = heapq.heappop(queue)

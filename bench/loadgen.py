@@ -15,6 +15,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 LUA = Path(__file__).with_name("wrk_post.lua")
 UNIQUE_ID = "__WRK_ID__"
@@ -50,7 +51,7 @@ class LoadResult:
 
 def run_wrk(
     url: str,
-    body: dict,
+    body: dict[str, Any],
     *,
     connections: int,
     seconds: float,

@@ -1,7 +1,7 @@
 """A throwaway network of Linux network namespaces, so a fault run can cut the wire between nodes.
 
     lab = NetnsLab.create(["a", "b", "c"])     # root only; NetnsLab.available() says whether it can work
-    lab.address("b")                           # 10.223.47.2: where b's processes listen
+    lab.address("b")                           # e.g. 10.130.7.2: where b's processes listen
     lab.exec_prefix("b")                       # ["ip", "netns", "exec", "<ns>"]: run a command inside b
     lab.partition("b"); lab.heal("b")          # b's cable pulled out of the switch, and plugged back
     lab.close()
@@ -12,8 +12,9 @@ namespace (where the bench runs and talks HTTP to the nodes) is one more port.
 Partitioning a node sets its switch port down: the node keeps running, its
 sockets stay open, and nothing it sends arrives anywhere (nor does anything
 reach it) until the port is up again, which is what a cut cable looks like.
-Names carry the bench's pid, so runs never collide; ``close`` deletes every
-namespace (which removes the veth pairs with them).
+Names carry the bench's pid and the /24 is one no other network of the root
+namespace uses (``bench/linklab.py``'s picker), so runs never collide; ``close``
+deletes every namespace (which removes the veth pairs with them).
 """
 
 from __future__ import annotations
@@ -22,8 +23,7 @@ import os
 import subprocess
 from dataclasses import dataclass, field
 
-SUBNET = "10.223.47"
-ROOT_ADDRESS = f"{SUBNET}.254"
+from bench.linklab import pick_mgmt_subnet
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -37,6 +37,8 @@ class NetnsLab:
     """node name -> its namespace"""
     switch: str = ""
     root_link: str = ""
+    subnet: str = ""
+    """The first three octets of this lab's /24; the root namespace is .254, nodes .1, .2, ..."""
 
     @staticmethod
     def available() -> str | None:
@@ -53,7 +55,8 @@ class NetnsLab:
     @classmethod
     def create(cls, names: list[str]) -> NetnsLab:
         tag = str(os.getpid() % 100000)
-        lab = cls(tag, switch=f"mcpq-sw-{tag}")
+        subnet = str(pick_mgmt_subnet(os.getpid() + 1).network_address).rsplit(".", 1)[0]
+        lab = cls(tag, switch=f"mcpq-sw-{tag}", subnet=subnet)
         try:
             _ip("netns", "add", lab.switch)
             _ip("-n", lab.switch, "link", "add", "br0", "type", "bridge")
@@ -61,7 +64,7 @@ class NetnsLab:
             lab.root_link = f"mq{tag}h"
             _ip("link", "add", lab.root_link, "type", "veth", "peer", "name", "uplink", "netns", lab.switch)
             _ip("-n", lab.switch, "link", "set", "uplink", "master", "br0", "up")
-            _ip("addr", "add", f"{ROOT_ADDRESS}/24", "dev", lab.root_link)
+            _ip("addr", "add", f"{subnet}.254/24", "dev", lab.root_link)
             _ip("link", "set", lab.root_link, "up")
             for index, name in enumerate(names, 1):
                 namespace = f"mcpq-{name}-{tag}"
@@ -71,7 +74,7 @@ class NetnsLab:
                 port = lab._port(name)
                 _ip("-n", namespace, "link", "add", "eth0", "type", "veth", "peer", "name", port, "netns", lab.switch)
                 _ip("-n", lab.switch, "link", "set", port, "master", "br0", "up")
-                _ip("-n", namespace, "addr", "add", f"{SUBNET}.{index}/24", "dev", "eth0")
+                _ip("-n", namespace, "addr", "add", f"{subnet}.{index}/24", "dev", "eth0")
                 _ip("-n", namespace, "link", "set", "eth0", "up")
         except BaseException:
             lab.close()
@@ -82,13 +85,22 @@ class NetnsLab:
         return f"p-{name}"[:15]
 
     def address(self, name: str) -> str:
-        return f"{SUBNET}.{list(self.nodes).index(name) + 1}"
+        return f"{self.subnet}.{list(self.nodes).index(name) + 1}"
 
     def exec_prefix(self, name: str) -> list[str]:
         return ["ip", "netns", "exec", self.nodes[name]]
 
     def partition(self, name: str) -> None:
         _ip("-n", self.switch, "link", "set", self._port(name), "down")
+
+    def port_state(self, name: str) -> str:
+        """The operational state of ``name``'s switch port (``DOWN`` while partitioned), as ip reports it."""
+        fields = _ip("-n", self.switch, "-o", "link", "show", self._port(name)).stdout.split()
+        return fields[fields.index("state") + 1] if "state" in fields else "unknown"
+
+    def namespace_inode(self, name: str) -> int:
+        """The inode of ``name``'s namespace: what ``/proc/<pid>/ns/net`` of a process inside it shows."""
+        return os.stat(f"/run/netns/{self.nodes[name]}").st_ino
 
     def heal(self, name: str) -> None:
         _ip("-n", self.switch, "link", "set", self._port(name), "up")

@@ -1,6 +1,6 @@
 """Where the gateway's CPU goes on the P2P hot path, by layer (py-spy, sampled under wrk load).
 
-Two targets of issue 6 are bounded by the gateway's per-request cost rather
+Two of the bridge's targets (docs/benchmarks.md) are bounded by the gateway's per-request cost rather
 than by the bridge (the 10x over the seed's approach, and, with the ZeroMQ
 round trip, the +0.3 ms at one client).  This samples the gateway's stack
 while wrk drives ``POST /tools/execute/p2p_hash_content`` and charges every
@@ -13,6 +13,10 @@ the web framework's.
 py-spy attaches with ptrace: it needs root or ``kernel.yama.ptrace_scope=0``.
 Sampling slows the process it samples, so the request rate under sampling is
 reported separately from the rate measured just before without it.
+
+"The seed" is the plan this project comes from: ipfs_datasets_py's MCP server (its tools in
+``tools/<category>/<tool>.py``) gaining P2P capabilities. Its users' tools, tool names, arguments and REST paths are
+the surface this project stays compatible with.
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ from libp2p.custom_types import TProtocol
 from libp2p.peer.peerinfo import info_from_p2p_addr
 
 from p2p_sidecar.node.libp2p_host import batch_window_updates, remove_connect_delay
-from p2p_sidecar.node.wire import PROTOCOL_ID, FrameReader, Request, decode, encode
+from p2p_sidecar.node.wire import PROTOCOL_ID, FrameReader, Reply, Request, decode, encode
 from tests.procs import p2p_network, running_network
 
 
@@ -109,8 +109,8 @@ def direct_series(target: str, calls: int, warmup: int) -> tuple[list[float], li
                 while not pending:
                     pending.extend(reader.feed(await stream.read(65536)))
                 reply = decode(pending.pop(0))
-                assert reply.id == request_id and reply.error is None, reply  # type: ignore[union-attr]
-                return reply.result  # type: ignore[union-attr]
+                assert isinstance(reply, Reply) and reply.id == request_id and reply.error is None, reply
+                return reply.result
 
             series: dict[str, list[float]] = {"ping": [], "call_tool": []}
             # The node answers ping only to peers that said hello; introduce ourselves like a node would.

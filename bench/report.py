@@ -1,4 +1,9 @@
-"""Turn a bench run's results into docs/benchmarks.md and its plot."""
+"""Turn a bench run's results into docs/benchmarks.md and its plot.
+
+"The seed" is the plan this project comes from: ipfs_datasets_py's MCP server (its tools in
+``tools/<category>/<tool>.py``) gaining P2P capabilities. Its users' tools, tool names, arguments and REST paths are
+the surface this project stays compatible with.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from bench import (
     taskqueue_spread,
     tracing_cost,
     workers,
+    zmq_adapters,
 )
 
 TARGETS_NOTE = (
@@ -118,6 +124,47 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
     return rows
 
 
+TAIL_RATIO = 5.0
+"""A p99 this many times the p50 is worth a sentence, and a pointer to the bench that separates client from server."""
+
+
+def _bridge_or_not(results: dict[str, Any]) -> str:
+    """Whether the bridge limits REST throughput at 16 clients, as section 1 of this run measured it."""
+    rest16 = next(row for row in results["bridge_cost"] if row["face"] == "rest" and row["clients"] == 16)
+    local, p2p = rest16["local"]["rps"], rest16["p2p"]["rps"]
+    cores = results.get("load_cpu_cores", {}).get("gateway")
+    used = f"During section 1 the gateway used {cores:.2f} cores (one event loop tops out near 1.0). " if cores else ""
+    if local <= p2p * 1.05:
+        return (
+            f"{used}At 16 clients on the REST face the local tool (no bridge at all) answered {local:,.0f} req/s and "
+            f"the P2P one {p2p:,.0f} (section 1): the bridge is not what limits it."
+        )
+    return f"{used}At 16 clients on the REST face the local tool answered {local:,.0f} req/s, the P2P one {p2p:,.0f}."
+
+
+def tail_note(rows: list[dict[str, Any]]) -> str:
+    """What this run's tails were at its highest concurrency: the p99/p50 spread, and the widest, from the table."""
+    top = max(row["clients"] for row in rows)
+    tails = [
+        (row[side]["p99_ms"] / row[side]["p50_ms"], row["face"], label, row[side]["p50_ms"], row[side]["p99_ms"])
+        for row in rows
+        if row["clients"] == top
+        for side, label in (("local", "local"), ("p2p", "P2P"))
+    ]
+    lowest, widest = min(tails), max(tails)
+    ratio, face, label, p50, p99 = widest
+    note = (
+        f"At {top} clients p99 was {lowest[0]:.1f}x to {ratio:.1f}x p50 in this run; the widest was the {label} tool "
+        f"on the {face} face (p50 {p50:.2f} ms, p99 {p99:.2f} ms)."
+    )
+    if ratio >= TAIL_RATIO:
+        note += (
+            " `.venv/bin/python -m bench.tail_check` runs wrk and a client that records every request side by side, "
+            "to tell a tail of the server's from one of the load generator's, and new connections from old."
+        )
+    return note
+
+
 def where_the_time_goes(results: dict[str, Any]) -> list[str]:
     """The measurements behind the targets this design cannot meet on this machine, from the same run."""
     rest1 = next(row for row in results["bridge_cost"] if row["face"] == "rest" and row["clients"] == 1)
@@ -146,9 +193,8 @@ def where_the_time_goes(results: dict[str, Any]) -> list[str]:
         "",
         f"10x the seed's {seed16['seed']['rps']:,.0f} req/s is {need_rps:,.0f} req/s. An empty FastAPI POST endpoint "
         f"on the same uvicorn answered {seed16['http_floor_rps']:,.0f} req/s (section 3), so the target asks for "
-        f"{need_rps / seed16['http_floor_rps']:.0%} of a handler that does nothing. At this load the gateway's "
-        "event-loop thread is saturated, and the local tool (no bridge at all) is no faster than the P2P one "
-        "(section 1), so the bridge is not what limits it. Profile of the gateway under that load "
+        f"{need_rps / seed16['http_floor_rps']:.0%} of a handler that does nothing. {_bridge_or_not(results)} "
+        "Profile of the gateway under that load "
         "(`.venv/bin/python -m bench.profile_gateway`, run here as part of `make bench`):",
         "",
     ]
@@ -219,6 +265,8 @@ def render(results: dict[str, Any], command: str) -> str:
         "",
         f"During these runs the gateway used {cpu.get('gateway', 0):.2f} cores and the sidecar "
         f"{cpu.get('sidecar', 0):.2f} on average (a Python process tops out near 1.0).",
+        "",
+        tail_note(results["bridge_cost"]),
         "",
         "Each wrk run opens its 64 connections at once. Stalls of 100-480 ms that used to dominate p99 here were "
         "those connections waiting to be accepted: uvloop's libuv accepts one connection per event-loop iteration, "
@@ -321,6 +369,7 @@ def render(results: dict[str, Any], command: str) -> str:
         *collection_startup.external_section(),
         "",
         *tracing_cost.saved_section(),
+        *zmq_adapters.saved_section(),
         *tail_check.saved_section(),
         *workers.saved_section(),
         *status_tools.saved_section(),

@@ -1,16 +1,22 @@
-"""Scenario 3: our P2P path against the seed's thread-per-call ``trio.run``, same work, same loads."""
+"""Scenario 3: our P2P path against the seed's thread-per-call ``trio.run``, same work, same loads.
+
+"The seed" is the plan this project comes from: ipfs_datasets_py's MCP server (its tools in
+``tools/<category>/<tool>.py``) gaining P2P capabilities. Its users' tools, tool names, arguments and REST paths are
+the surface this project stays compatible with.
+"""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from typing import Any
 
 from bench.bridge_cost import PAYLOAD, median_result
 from bench.loadgen import LoadResult, run_wrk
 from tests.procs import ROOT, free_port, http_json, wait_for
 
 
-def run(gateway_url: str, *, concurrencies: list[int], seconds: float, repeats: int) -> list[dict]:
+def run(gateway_url: str, *, concurrencies: list[int], seconds: float, repeats: int) -> list[dict[str, Any]]:
     port = free_port()
     seed = subprocess.Popen([sys.executable, "-m", "bench.seed_style_app", str(port)], cwd=ROOT)
     seed_url = f"http://127.0.0.1:{port}"

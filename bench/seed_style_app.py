@@ -5,6 +5,10 @@ pool), runs the same hashing work inside it, and returns.  Served by uvicorn
 with the same options as the gateway, so only the approach differs.
 
     python -m bench.seed_style_app PORT
+
+"The seed" is the plan this project comes from: ipfs_datasets_py's MCP server (its tools in
+``tools/<category>/<tool>.py``) gaining P2P capabilities. Its users' tools, tool names, arguments and REST paths are
+the surface this project stays compatible with.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from tests.procs import Proc, gateway_proc, http_json, running, sidecar_proc, wait_for
 
@@ -26,7 +27,7 @@ def bench_stack(tmp: Path, **gateway_env: str) -> Iterator[tuple[Proc, Proc]]:
         yield gateway, sidecar
 
 
-def modern_call(tool: str, arguments: dict) -> tuple[dict, dict[str, str]]:
+def modern_call(tool: str, arguments: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
     """A self-contained 2026-07-28 tools/call request and the headers that route it."""
     meta = {
         "io.modelcontextprotocol/protocolVersion": MODERN,
@@ -64,7 +65,7 @@ def legacy_session(url: str) -> str:
     return session
 
 
-def legacy_call(session: str, tool: str, arguments: dict) -> tuple[dict, dict[str, str]]:
+def legacy_call(session: str, tool: str, arguments: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
     body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": tool, "arguments": arguments}}
     headers = {"accept": ACCEPT, "mcp-session-id": session, "mcp-protocol-version": HANDSHAKE}
     return body, headers

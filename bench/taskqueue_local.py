@@ -1,4 +1,4 @@
-"""Task queue on one node (phase 1 of issue 4): memory with 10,000 queued, drain rate, submit rate, latency.
+"""Task queue on one node: memory with 10,000 queued, drain rate, submit rate, latency.
 
     .venv/bin/python -m bench.taskqueue_local            # 10,000 tasks, 300 latency samples
     .venv/bin/python -m bench.taskqueue_local --quick    # 2,000 tasks, 100 samples

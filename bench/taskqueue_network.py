@@ -1,4 +1,4 @@
-"""The task queue across three nodes (phase 2 of issue 4): durable tasks completed per second, and the
+"""The task queue across three nodes: durable tasks completed per second, and the
 submit-to-result latency of a one-hop remote task, idle and under that load.
 
     .venv/bin/python -m bench.taskqueue_network            # 4,000 tasks x 3 runs per scenario, 300 latency samples
@@ -214,8 +214,8 @@ def run(
         bootstrap={"b": ["a"], "c": ["a"]},
         gateways=("a", "b", "c"),
         gateway_env={"GATEWAY_LOG_LEVEL": "warning"},
+        env={name: QUIET_P2P for name in ("a", "b", "c")},
         SIDECAR_LOG_LEVEL="warning",
-        **QUIET_P2P,
     )
     results: dict[str, Any] = {"tasks": tasks, "repeats": repeats, "samples": samples, "warmup": warmup}
     with running_network(peers):
@@ -231,7 +231,10 @@ def run(
                 what=f"{peer.name} sees both others running echo",
             )
         clients = {name: Client(peer) for name, peer in peers.items()}
-        placements = {"remote_b": {"placement": {"peer": b.peer_id}}, "local_a": {"placement": "local"}}
+        placements: dict[str, dict[str, Any]] = {
+            "remote_b": {"placement": {"peer": b.peer_id}},
+            "local_a": {"placement": "local"},
+        }
         # warm-up: every path once, so connections and streams exist
         latency_pairs(clients["a"], placements, warmup)
         throughput(peers, clients, {"a": min(tasks, 500)}, None)

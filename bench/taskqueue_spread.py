@@ -130,7 +130,7 @@ def three_nodes(tmp: Path, *, gateways: tuple[str, ...], repeats: int) -> dict[s
         bootstrap={"b": ["a"], "c": ["a"]},
         gateways=gateways,
         gateway_env={"GATEWAY_LOG_LEVEL": "warning"},
-        **QUIET,
+        env={name: QUIET for name in ("a", "b", "c")},
     )
     a, b, c = peers["a"], peers["b"], peers["c"]
     with owner_first([a], [b, c]):
@@ -151,7 +151,7 @@ def twenty_nodes(tmp: Path, *, repeats: int, nodes: int = 20, samples: int = 200
         bootstrap={name: [names[0]] for name in names[1:]},
         gateways=(names[0],),
         gateway_env={"GATEWAY_LOG_LEVEL": "warning"},
-        **QUIET,
+        env={name: QUIET for name in names},
     )
     lone = sidecar_proc(tmp, "lone", **QUIET)
     lone_gateway = gateway_proc(tmp, "lone-gateway", endpoint=lone.extra["endpoint"], GATEWAY_LOG_LEVEL="warning")

@@ -163,6 +163,8 @@ def micro(repeats: int = 7, number: int = 200_000) -> list[tuple[str, float]]:
     """
     import timeit
 
+    from starlette.types import Message
+
     from gateway.trace_context import TraceContextPassThrough
     from shared_schema import Envelope, Kind, decode, encode
     from shared_schema.tracing import CALL_ID
@@ -182,15 +184,21 @@ def micro(repeats: int = 7, number: int = 200_000) -> list[tuple[str, float]]:
     async def app(scope: Any, receive: Any, send: Any) -> None:
         return None
 
+    async def receive() -> Message:
+        raise AssertionError("the timed app reads no body")
+
+    async def send(message: Message) -> None:
+        raise AssertionError("the timed app sends nothing")
+
     middleware = TraceContextPassThrough(app)
 
     def through_middleware() -> None:
-        coroutine = middleware(scope, None, None)  # type: ignore[arg-type]
+        coroutine = middleware(scope, receive, send)
         with contextlib.suppress(StopIteration):
             coroutine.send(None)
 
     def direct() -> None:
-        coroutine = app(scope, None, None)
+        coroutine = app(scope, receive, send)
         with contextlib.suppress(StopIteration):
             coroutine.send(None)
 

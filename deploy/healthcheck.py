@@ -57,7 +57,7 @@ def health_url(role: str, env: dict[str, str], ready: bool) -> str:
 def check(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=3) as response:
-            return response.status == 200
+            return bool(response.status == 200)
     except (urllib.error.URLError, OSError) as exc:
         print(f"{url}: {exc}", file=sys.stderr)
         return False

@@ -147,14 +147,16 @@ def serve(settings: GatewaySettings, sockets: list[socket.socket], worker: Worke
     from gateway.lifecycle import hold_event_streams
     from gateway.oauth import OAuthConfigError
     from gateway.server import GatewayServer, Listener
+    from gateway.uvicorn_internals import UvicornMismatch, check_uvicorn
     from gateway.worker_links import RELAYED, WorkerPlace
     from shared_schema.curve import CurveKeyError
 
     place = None if worker is None else WorkerPlace(worker.index, settings.workers, worker.directory)
     try:
+        check_uvicorn()
         gateway = Gateway(settings, place)
         app = create_app(settings, gateway)
-    except (OAuthConfigError, CurveKeyError) as exc:
+    except (OAuthConfigError, CurveKeyError, UvicornMismatch) as exc:
         print(f"gateway cannot start: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
     protocol = guarded_http_protocol(
@@ -173,8 +175,8 @@ def serve(settings: GatewaySettings, sockets: list[socket.socket], worker: Worke
         log_level=settings.log_level,
         access_log=False,
         lifespan="on",
-        timeout_graceful_shutdown=settings.graceful_shutdown_seconds,
-        timeout_keep_alive=settings.keep_alive_timeout,  # type: ignore[arg-type]  # a float works: call_later
+        timeout_graceful_shutdown=settings.graceful_shutdown_seconds,  # type: ignore[arg-type]  # asyncio.wait_for
+        timeout_keep_alive=settings.keep_alive_timeout,  # type: ignore[arg-type]  # call_later takes a float
         limit_concurrency=settings.max_connections,
         h11_max_incomplete_event_size=settings.max_header_bytes,
         backlog=LISTEN_BACKLOG,

@@ -25,6 +25,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from enum import StrEnum
+from functools import partial
 from typing import Any
 
 import anyio
@@ -53,7 +54,8 @@ from shared_schema.progress import Progress, Sink
 log = logging.getLogger(__name__)
 
 InboundHandler = Callable[[Envelope], Awaitable[Envelope]]
-CatalogHandler = Callable[[list[ToolSpec]], None]
+CatalogHandler = Callable[[list[ToolSpec]], object]
+"""Told every catalog the sidecar sends; what it returns is ignored."""
 
 
 _HANDSHAKE_FAILED = (
@@ -103,6 +105,8 @@ class BridgeClient:
         self._id_prefix = os.urandom(4).hex() + "-"
         self._sock: AsyncioZmqSocket | None = None
         self._last_inbound = 0.0
+        self._clock: Callable[[], float] = time.monotonic
+        """The event loop's clock once running: what heartbeats measure silence with (and tests can move)."""
         self._catalog_revision: Any = None
         self.state = SidecarState.DOWN
         self.state_reason = "not connected yet"
@@ -121,6 +125,7 @@ class BridgeClient:
     @asynccontextmanager
     async def running(self) -> AsyncIterator[BridgeClient]:
         loop = asyncio.get_running_loop()
+        self._clock = loop.time
         context = zmq.Context()
         raw = context.socket(zmq.DEALER)
         hwm = max(1000, 4 * self._settings.bridge_max_in_flight)
@@ -310,7 +315,7 @@ class BridgeClient:
         if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
             self._handshake_failure = None
             self._metrics.bridge_connects.inc()
-            self._last_inbound = time.monotonic()
+            self._last_inbound = self._clock()
             self._set_state(SidecarState.CONNECTING, "connected, waiting for the catalog")
             self._send_hello()
         elif event["event"] == zmq.EVENT_DISCONNECTED:
@@ -340,7 +345,7 @@ class BridgeClient:
             await asyncio.sleep(interval)
             if self.state is SidecarState.DOWN:
                 continue
-            silent_for = time.monotonic() - self._last_inbound
+            silent_for = self._clock() - self._last_inbound
             if self.state is SidecarState.CONNECTING:
                 self._send_hello()  # the catalog may have been lost; asking again is harmless
             elif self.state is SidecarState.UP and silent_for > timeout:
@@ -348,7 +353,7 @@ class BridgeClient:
             self._send(encode(Envelope(Kind.PING)))
 
     def _on_frames(self, frames: list[bytes]) -> None:
-        self._last_inbound = time.monotonic()
+        self._last_inbound = self._clock()
         if len(frames) != 1:
             self._drop("multipart", f"expected one frame, got {len(frames)}")
             return
@@ -408,7 +413,8 @@ class BridgeClient:
             except ValidationError as exc:
                 self._drop("bad_catalog_entry", f"{raw.get('name') if isinstance(raw, dict) else raw!r:.80}: {exc}")
         self._catalog_revision = body.get("revision")
-        self.sidecar_info = body.get("node") if isinstance(body.get("node"), dict) else {}
+        node = body.get("node")
+        self.sidecar_info = node if isinstance(node, dict) else {}
         self._on_catalog(specs)
         self._set_state(SidecarState.UP, f"catalog of {len(specs)} tools received")
 
@@ -427,7 +433,10 @@ class BridgeClient:
         task.add_done_callback(self._inbound.discard)
         if envelope.id and envelope.id not in self._inbound_by_id:
             self._inbound_by_id[envelope.id] = task
-            task.add_done_callback(lambda _task, call_id=envelope.id: self._inbound_by_id.pop(call_id, None))
+            task.add_done_callback(partial(self._forget_inbound, envelope.id))
+
+    def _forget_inbound(self, call_id: str, _task: asyncio.Task[None]) -> None:
+        self._inbound_by_id.pop(call_id, None)
 
     async def _serve_inbound(self, envelope: Envelope) -> None:
         try:
@@ -441,5 +450,5 @@ class BridgeClient:
             frame = encode(envelope.fail(ErrorInfo(ErrorCode.TOOL_ERROR, f"result is not serialisable: {exc}")))
         if len(frame) > self._max_frame:
             frame = encode(envelope.fail(ErrorInfo(ErrorCode.TOO_LARGE, "result exceeds the bridge frame limit")))
-        self._metrics.inbound_calls.labels("ok" if reply.kind is Kind.RESULT else reply.error.code.value).inc()  # type: ignore[union-attr]
+        self._metrics.inbound_calls.labels(reply.outcome).inc()
         self._send(frame)

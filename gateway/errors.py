@@ -12,6 +12,10 @@ A tool that ran and failed, timed out, could not reach the sidecar, or was
 called with arguments that do not fit its schema is an error *result* in MCP
 terms, so the model sees the message; only requests the server could not even
 accept (no such tool, too many calls in flight) are JSON-RPC protocol errors.
+
+"The seed" is the plan this project comes from: ipfs_datasets_py's MCP server (its tools in
+``tools/<category>/<tool>.py``) gaining P2P capabilities. Its users' tools, tool names, arguments and REST paths are
+the surface this project stays compatible with.
 """
 
 from __future__ import annotations

@@ -23,6 +23,9 @@ copied.
 
 Total connections are bounded by uvicorn's own ``limit_concurrency``
 (``GATEWAY_MAX_CONNECTIONS``), idle keep-alive by ``timeout_keep_alive``.
+
+The protocol wrapper reads uvicorn internals; ``gateway/uvicorn_internals.py`` stops the gateway at start-up
+on a uvicorn they were not checked against.
 """
 
 from __future__ import annotations
@@ -88,6 +91,7 @@ def guarded_http_protocol(
                 connection._timed_out()
         sweeper.append(loop.call_later(sweep_interval, sweep))
 
+    # a class on a base chosen at run time (httptools or h11) cannot be checked statically
     class GuardedHTTPProtocol(base):  # type: ignore[valid-type,misc]
         _guard_deadline: float | None = None
         _guard_cycle: Any = None

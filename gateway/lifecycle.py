@@ -21,7 +21,7 @@ from sse_starlette.sse import AppStatus
 
 def hold_event_streams() -> None:
     """Keep SSE streams open across SIGTERM until ``end_event_streams`` is called."""
-    AppStatus.disable_automatic_graceful_drain()
+    AppStatus.disable_automatic_graceful_drain()  # type: ignore[no-untyped-call]  # sse_starlette leaves it unannotated
 
 
 def end_event_streams() -> None:

@@ -175,7 +175,13 @@ class ProgressRelay:
             update, self._next = self._next, None
             try:
                 await self._ctx.session.send_progress_notification(
-                    self._token, update.done, update.total, update.message, related_request_id=self._ctx.request_id
+                    self._token,
+                    update.done,
+                    update.total,
+                    update.message,
+                    # the SDK annotates str but forwards it as a RequestId (int | str); str() of an
+                    # integer id would no longer match the request, and the update would miss its stream
+                    related_request_id=self._ctx.request_id,  # type: ignore[arg-type]
                 )
             except Exception as exc:  # noqa: BLE001 - the client went away: progress is best effort
                 log.debug("progress for request %s not delivered: %r", self._ctx.request_id, exc)

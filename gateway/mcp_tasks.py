@@ -113,11 +113,11 @@ def _principal(ctx: ServerRequestContext[Any, Any]) -> str | None:
 def _declared(ctx: ServerRequestContext[Any, Any]) -> bool:
     capabilities = ctx.session.client_capabilities
     extensions = capabilities.extensions if capabilities is not None else None
-    return bool(extensions) and EXTENSION_ID in extensions  # type: ignore[operator]
+    return extensions is not None and EXTENSION_ID in extensions
 
 
 def _missing_capability(what: str) -> MCPError:
-    data = {"requiredCapabilities": {"extensions": {EXTENSION_ID: {}}}}
+    data: dict[str, Any] = {"requiredCapabilities": {"extensions": {EXTENSION_ID: {}}}}
     return MCPError(
         code=JSONRPC_MISSING_REQUIRED_CLIENT_CAPABILITY,
         message=f"Missing required client capability: {what} needs the {EXTENSION_ID} extension",
@@ -233,7 +233,7 @@ class QueueTasksExtension(Extension):
     async def _view(self, task_id: str, ctx: ServerRequestContext[Any, Any]) -> dict[str, Any]:
         """The queue's view of an MCP-visible task, or the extension's -32602 for one that is not."""
         try:
-            view = await self._queue("task_status", {"task_id": task_id})
+            view: dict[str, Any] = await self._queue("task_status", {"task_id": task_id})
         except BridgeError as exc:
             if exc.code is ErrorCode.NOT_FOUND:
                 raise MCPError(code=JSONRPC_INVALID_PARAMS, message="Failed to retrieve task: Task not found") from None

@@ -55,11 +55,12 @@ def _load_keys(settings: GatewaySettings) -> dict[str | None, Any]:
             return {None: load_pem_public_key(path.read_bytes())}
         except (OSError, ValueError, TypeError, UnsupportedAlgorithm) as exc:
             raise OAuthConfigError(f"GATEWAY_OAUTH_PUBLIC_KEY_FILE {path}: not a PEM public key ({exc})") from None
-    path = settings.oauth_jwks_file  # type: ignore[assignment]
+    jwks_path = settings.oauth_jwks_file
+    assert jwks_path is not None  # the settings accept OAuth only with one of the two files
     try:
-        jwks = jwt.PyJWKSet.from_json(path.read_text())
+        jwks = jwt.PyJWKSet.from_json(jwks_path.read_text())
     except (OSError, ValueError, jwt.PyJWTError) as exc:
-        raise OAuthConfigError(f"GATEWAY_OAUTH_JWKS_FILE {path}: not a usable JWK set ({exc})") from None
+        raise OAuthConfigError(f"GATEWAY_OAUTH_JWKS_FILE {jwks_path}: not a usable JWK set ({exc})") from None
     keys: dict[str | None, Any] = {key.key_id: key.key for key in jwks.keys}
     if len(jwks.keys) == 1:
         keys.setdefault(None, jwks.keys[0].key)

@@ -6,6 +6,10 @@
     POST /mcp/tools/call             -> {"jsonrpc": "2.0", "result": {content, structuredContent, isError}}
 
 Errors use the one table in ``gateway/errors.py``.
+
+"The seed" is the plan this project comes from: ipfs_datasets_py's MCP server (its tools in
+``tools/<category>/<tool>.py``) gaining P2P capabilities. Its users' tools, tool names, arguments and REST paths are
+the surface this project stays compatible with.
 """
 
 from __future__ import annotations

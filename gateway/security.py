@@ -32,7 +32,7 @@ async def _reject(send: Send, status: int, message: str, headers: Iterable[tuple
 def _header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope["headers"]:
         if key == name:
-            return value.decode("latin-1")
+            return bytes(value).decode("latin-1")
     return None
 
 

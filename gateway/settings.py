@@ -185,10 +185,6 @@ class GatewaySettings(BaseSettings):
     def oauth_enabled(self) -> bool:
         return self.oauth_issuer_url is not None
 
-    @property
-    def bridge_curve_enabled(self) -> bool:
-        return self.bridge_curve_secret_key_file is not None
-
     @model_validator(mode="after")
     def _check_security(self) -> Self:
         """Refuse combinations that would silently run less protected than asked."""

@@ -1,19 +1,14 @@
 """A ZeroMQ socket driven by asyncio reader callbacks: the gateway's twin of ``p2p_sidecar/zmq_trio.py``.
 
-``zmq.asyncio`` wraps every send and receive in a Future and re-schedules
-itself after each one; on the bridge's hot path that cost about 65-85 µs of
-gateway CPU per call, against 35-45 µs for this class (same machine, same
-sidecar, 64 calls in flight; see docs/bridge.md).  The rules are pyzmq's own
-(its ``_future.py``), applied once per wake-up instead of once per message:
+``zmq.asyncio`` wraps every send and receive in a Future and re-schedules itself after each one; on the bridge's
+hot path that costs gateway CPU per call that reader callbacks do not (``bench/zmq_adapters.py`` measures both
+side by side; see docs/bridge.md).  The edge-triggered descriptor's rules live in ``shared_schema/zmq_socket.py``,
+shared with the Trio adapter; this shell registers a reader callback that drains, and a send that leaves input
+pending schedules a drain.
 
-1. ZeroMQ's FD is edge-triggered.  When the loop reports it readable, drain
-   with ``NOBLOCK`` until ``zmq.Again`` and re-read ``EVENTS`` before giving up.
-2. Any send can consume the edge, so after each send ``EVENTS`` is re-read and,
-   if input is pending, a drain is scheduled.
-
-Messages are handed to ``on_message`` synchronously, in order, from the drain;
-it must not block (set futures, start tasks).  Sends never wait: ZeroMQ's
-queue is bounded by the high-water mark and a full queue raises ``zmq.Again``.
+Messages are handed to ``on_message`` synchronously, in order, from the drain; it must not block (set futures,
+start tasks).  Sends never wait: ZeroMQ's queue is bounded by the high-water mark and a full queue raises
+``zmq.Again``.
 """
 
 from __future__ import annotations
@@ -23,38 +18,26 @@ from collections.abc import Callable
 
 import zmq
 
+from shared_schema.zmq_socket import ZmqSocketCore
+
 DRAIN_BATCH = 512
 """Messages handled per loop callback before yielding to other callbacks."""
 
 
-class AsyncioZmqSocket:
+class AsyncioZmqSocket(ZmqSocketCore):
     def __init__(
-        self, sock: zmq.Socket, on_message: Callable[[list[bytes]], None], loop: asyncio.AbstractEventLoop
+        self, sock: zmq.Socket[bytes], on_message: Callable[[list[bytes]], None], loop: asyncio.AbstractEventLoop
     ) -> None:
-        self._sock = sock
+        super().__init__(sock)
         self._on_message = on_message
         self._loop = loop
-        self._fd = sock.getsockopt(zmq.FD)
         self._drain_scheduled = False
-        self._closed = False
-        loop.add_reader(self._fd, self._drain)
+        loop.add_reader(self.fd, self._drain)
         # The edge may already have fired (and been consumed) before we watched the FD,
         # e.g. a monitor socket's first events: look once instead of waiting for the next edge.
-        self._schedule_drain()
+        self._input_pending()
 
-    @property
-    def raw(self) -> zmq.Socket:
-        return self._sock
-
-    def send_nowait(self, frames: list[bytes]) -> None:
-        """Queue a multipart message or raise ``zmq.Again`` / ``zmq.ZMQError``; never waits."""
-        try:
-            self._sock.send_multipart(frames, zmq.NOBLOCK)
-        finally:
-            if not self._closed and self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                self._schedule_drain()
-
-    def _schedule_drain(self) -> None:
+    def _input_pending(self) -> None:
         if not self._drain_scheduled:
             self._drain_scheduled = True
             self._loop.call_soon(self._drain)
@@ -65,21 +48,15 @@ class AsyncioZmqSocket:
 
     def _drain(self) -> None:
         self._drain_scheduled = False
-        for _ in range(DRAIN_BATCH):
-            if self._closed:
-                return
-            try:
-                frames = self._sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                if self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                    continue
+        batch = self.read_batch(DRAIN_BATCH)
+        for frames in batch:
+            if self.closed:  # a message handler closed the socket: the rest would go nowhere
                 return
             self._on_message(frames)
-        self._schedule_drain()  # more may be waiting: continue after other callbacks had a turn
+        if len(batch) == DRAIN_BATCH:
+            self._input_pending()  # more may be waiting: continue after other callbacks had a turn
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._loop.remove_reader(self._fd)
-        self._sock.close(linger=0)
+        if not self.closed:
+            self._loop.remove_reader(self.fd)
+        super().close()

@@ -8,6 +8,10 @@ Point it at any gateway:
 `make loadtest` starts a gateway and a sidecar on free ports and runs this headless.
 Weights: an agent lists tools once in a while and calls tools often; P2P and local
 tools are called about equally; a few calls go through the seed's REST face.
+
+"The seed" is the plan this project comes from: ipfs_datasets_py's MCP server (its tools in
+``tools/<category>/<tool>.py``) gaining P2P capabilities. Its users' tools, tool names, arguments and REST paths are
+the surface this project stays compatible with.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import json
 import os
 import random
 import string
+from typing import Any
 
 from locust import FastHttpUser, between, task
 
@@ -30,7 +35,7 @@ def _auth() -> dict[str, str]:
     return {"authorization": f"Bearer {token}"} if token else {}
 
 
-def _sse_json(text: str) -> dict:
+def _sse_json(text: str) -> dict[str, Any]:
     """Handshake-era /mcp answers a POST with one SSE event; modern-era quick answers are plain JSON."""
     if text.lstrip().startswith(("event:", "data:")):
         text = next(line[5:] for line in text.splitlines() if line.startswith("data:"))
@@ -64,8 +69,8 @@ class AgentUser(FastHttpUser):
     def _legacy(self) -> dict[str, str]:
         return {**self.headers, "mcp-session-id": self.session, "mcp-protocol-version": HANDSHAKE}
 
-    def _mcp_call(self, tool: str, arguments: dict, *, modern: bool) -> None:
-        params: dict = {"name": tool, "arguments": arguments}
+    def _mcp_call(self, tool: str, arguments: dict[str, Any], *, modern: bool) -> None:
+        params: dict[str, Any] = {"name": tool, "arguments": arguments}
         if modern:
             params["_meta"] = {
                 "io.modelcontextprotocol/protocolVersion": MODERN,

@@ -21,7 +21,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from p2p_sidecar.dashboard.auth import AdminAuth
 from p2p_sidecar.dashboard.web import dashboard_routes, login_page
@@ -53,7 +53,7 @@ class AdminServer:
         async def metrics(_request: Request) -> Response:
             return Response(self._metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-        routes = [Route("/health", health), Route("/metrics", metrics)]
+        routes: list[BaseRoute] = [Route("/health", health), Route("/metrics", metrics)]
         if self._snapshot is not None:
             routes.extend(dashboard_routes(self._snapshot, interval=self._settings.dashboard_interval))
         middleware = []
@@ -72,6 +72,7 @@ class AdminServer:
         config.read_timeout = 10
 
         async def serving(*, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+            # Starlette types ASGI messages as plain mappings, hypercorn as TypedDicts: the same protocol
             await serve(self.app(), config, task_status=task_status, mode="asgi")  # type: ignore[arg-type]
 
         async with trio.open_nursery() as nursery:

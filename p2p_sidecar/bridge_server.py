@@ -148,7 +148,7 @@ class BridgeServer:
         finally:
             context.term()
 
-    def _bind(self, context: zmq.Context) -> zmq.Socket:
+    def _bind(self, context: zmq.Context[zmq.Socket[bytes]]) -> zmq.Socket[bytes]:
         sock = context.socket(zmq.ROUTER)
         hwm = max(1000, 4 * self._settings.bridge_max_in_flight)
         sock.setsockopt(zmq.LINGER, 0)
@@ -332,8 +332,7 @@ class BridgeServer:
                 outcome = ErrorCode.TIMEOUT if trio.current_time() >= scope.deadline else ErrorCode.CANCELLED
                 self._metrics.calls.labels(outcome.value).inc()
             else:
-                outcome_label = "ok" if reply.kind is Kind.RESULT else reply.error.code.value  # type: ignore[union-attr]
-                self._metrics.calls.labels(outcome_label).inc()
+                self._metrics.calls.labels(reply.outcome).inc()
                 self._send(identity, reply)
         finally:
             # Only now is the call over (its reply queued): a drain waiting for idle may proceed.
@@ -387,7 +386,7 @@ class BridgeServer:
     def _catalog_envelope_frame(self) -> bytes:
         revision = self._catalog.revision
         if self._catalog_frame is None or self._catalog_frame[0] != revision:
-            body = {"revision": revision, "tools": [spec.to_wire() for spec in self._catalog.specs()]}
+            body: dict[str, Any] = {"revision": revision, "tools": [spec.to_wire() for spec in self._catalog.specs()]}
             body["node"] = self._node_info()
             self._catalog_frame = (revision, encode(Envelope(Kind.CATALOG, body=body)))
         return self._catalog_frame[1]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from p2p_sidecar.taskqueue import QueueService
@@ -72,7 +74,7 @@ class SidecarMetrics:
     def bind_queue(self, queue: QueueService) -> None:
         """Read the queue's own counts at scrape time, and count tasks as they end (``LeaseOwner.on_task_end``)."""
         for status in TaskStatus:
-            self.queue_tasks.labels(status.value).set_function(lambda s=status.value: queue.store.counts().get(s, 0))
+            self.queue_tasks.labels(status.value).set_function(partial(_count_of, queue, status.value))
             self.queue_ended.labels(status.value)  # every status shows from the start, at 0
         self.queue_running_here.set_function(lambda: queue.running_here)
         self.queue_slots.set_function(lambda: queue.pool.slots)
@@ -86,3 +88,7 @@ class SidecarMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _count_of(queue: QueueService, status: str) -> int:
+    return queue.store.counts().get(status, 0)

@@ -15,7 +15,6 @@ from pydantic import (
     Field,
     FilePath,
     SecretStr,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -133,6 +132,9 @@ class SidecarSettings(BaseSettings):
     )
     worker_task_types: CommaList = Field(
         default_factory=list, description="Task types this node runs and advertises (default: all installed)."
+    )
+    worker_test_task_types: bool = Field(
+        False, description="Also run and advertise the test aid task types (fail), for tests and benches only."
     )
     queue_lease_seconds: float = Field(
         30.0, gt=0, le=3600, description="Lease on a claimed task; renewed by heartbeats every third of it."
@@ -316,43 +318,36 @@ class SidecarSettings(BaseSettings):
             )
         return self
 
-    @field_validator("p2p_max_message_bytes")
-    @classmethod
-    def _room_for_one_task(cls, value: int, info: ValidationInfo) -> int:
-        """A task's payload travels to its worker, and its result back, in one peer message (docs/taskqueue.md)."""
-        largest = max(info.data.get("task_max_payload_bytes") or 0, info.data.get("task_max_result_bytes") or 0)
+    @model_validator(mode="after")
+    def _sizes_and_timings_fit(self) -> Self:
+        """Settings that bound one another, checked once every one has its value (so their order in this class
+        plays no part). A task's payload travels to its worker, and its result back, in one peer message
+        (docs/taskqueue.md); one message must fit in a peer's share of unfinished messages, and that share in
+        the node's; a peer is declared gone only after a ping could have answered."""
+        largest = max(self.task_max_payload_bytes, self.task_max_result_bytes)
         needed = msgpack_bound(largest) + PEER_MESSAGE_FRAMING_BYTES
-        if value < needed:
+        if self.p2p_max_message_bytes < needed:
             raise ValueError(
-                f"must be at least {needed} so one task of SIDECAR_TASK_MAX_PAYLOAD_BYTES / "
-                f"SIDECAR_TASK_MAX_RESULT_BYTES ({largest} bytes) fits in a peer message "
-                "(9/4 of it as msgpack, plus 64 KiB); raise it or lower those"
+                f"SIDECAR_P2P_MAX_MESSAGE_BYTES ({self.p2p_max_message_bytes}) must be at least {needed} so one "
+                f"task of SIDECAR_TASK_MAX_PAYLOAD_BYTES / SIDECAR_TASK_MAX_RESULT_BYTES ({largest} bytes) fits in "
+                "a peer message (9/4 of it as msgpack, plus 64 KiB); raise it or lower those"
             )
-        return value
-
-    @field_validator("p2p_max_partial_bytes_per_peer")
-    @classmethod
-    def _one_message_per_peer(cls, value: int, info: ValidationInfo) -> int:
-        largest = info.data.get("p2p_max_message_bytes")
-        if largest is not None and value < largest:
-            raise ValueError(f"must be at least SIDECAR_P2P_MAX_MESSAGE_BYTES ({largest}): one message must fit")
-        return value
-
-    @field_validator("p2p_max_partial_bytes")
-    @classmethod
-    def _one_peer_in_total(cls, value: int, info: ValidationInfo) -> int:
-        per_peer = info.data.get("p2p_max_partial_bytes_per_peer")
-        if per_peer is not None and value < per_peer:
-            raise ValueError(f"must be at least SIDECAR_P2P_MAX_PARTIAL_BYTES_PER_PEER ({per_peer})")
-        return value
-
-    @field_validator("peer_gone_timeout")
-    @classmethod
-    def _gone_after_ping(cls, value: float, info: ValidationInfo) -> float:
-        interval = info.data.get("peer_ping_interval")
-        if interval is not None and value <= interval:
-            raise ValueError(f"must be longer than SIDECAR_PEER_PING_INTERVAL ({interval})")
-        return value
+        if self.p2p_max_partial_bytes_per_peer < self.p2p_max_message_bytes:
+            raise ValueError(
+                f"SIDECAR_P2P_MAX_PARTIAL_BYTES_PER_PEER ({self.p2p_max_partial_bytes_per_peer}) must be at least "
+                f"SIDECAR_P2P_MAX_MESSAGE_BYTES ({self.p2p_max_message_bytes}): one message must fit"
+            )
+        if self.p2p_max_partial_bytes < self.p2p_max_partial_bytes_per_peer:
+            raise ValueError(
+                f"SIDECAR_P2P_MAX_PARTIAL_BYTES ({self.p2p_max_partial_bytes}) must be at least "
+                f"SIDECAR_P2P_MAX_PARTIAL_BYTES_PER_PEER ({self.p2p_max_partial_bytes_per_peer})"
+            )
+        if self.peer_gone_timeout <= self.peer_ping_interval:
+            raise ValueError(
+                f"SIDECAR_PEER_GONE_TIMEOUT ({self.peer_gone_timeout:g}) must be longer than "
+                f"SIDECAR_PEER_PING_INTERVAL ({self.peer_ping_interval:g})"
+            )
+        return self
 
     bridge_handshake_timeout: float = Field(
         5.0, gt=0, description="Seconds a bridge connection may take to finish its ZeroMQ handshake."
@@ -367,10 +362,6 @@ class SidecarSettings(BaseSettings):
         default_factory=list,
         description="Gateway public certificates (.key files, or directories of them) allowed to connect with CURVE.",
     )
-
-    @property
-    def bridge_curve_enabled(self) -> bool:
-        return self.bridge_curve_secret_key_file is not None
 
     @field_validator("otlp_endpoint")
     @classmethod

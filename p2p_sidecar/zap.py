@@ -30,7 +30,9 @@ BRIDGE_ZAP_DOMAIN = b"mcp-p2p-bridge"
 
 
 class ZapHandler:
-    def __init__(self, context: zmq.Context, allowed_z85: frozenset[bytes], metrics: SidecarMetrics) -> None:
+    def __init__(
+        self, context: zmq.Context[zmq.Socket[bytes]], allowed_z85: frozenset[bytes], metrics: SidecarMetrics
+    ) -> None:
         self._context = context
         self._allowed = frozenset(z85.decode(key) for key in allowed_z85)
         self._metrics = metrics

@@ -1,19 +1,12 @@
 """A ZeroMQ socket driven by Trio, without an extra thread.
 
-pyzmq has no Trio integration, so this is ours.  ZeroMQ exposes one file
-descriptor per socket that is *edge-triggered*: it signals "something
-changed", not "a message is waiting", and any operation on the socket
-(including a send, or reading ``EVENTS``) can consume that edge.  Hence the
-two rules this class keeps:
+pyzmq has no Trio integration, so this is ours: the edge-triggered descriptor's rules live in
+``shared_schema/zmq_socket.py`` (shared with the gateway's asyncio adapter); this shell sleeps in
+``trio.lowlevel.wait_readable`` when a drain found nothing, and a send that leaves input pending cancels the
+scope the receiver sleeps in, since the edge it waits for may already have been consumed by the send.
 
-1. The receiver drains with ``NOBLOCK`` until ``zmq.Again`` and re-checks
-   ``EVENTS`` before it sleeps in ``trio.lowlevel.wait_readable``.
-2. After every send, ``EVENTS`` is re-read; if input is pending, the sleeping
-   receiver is woken by cancelling the scope it sleeps in, since the edge it
-   waits for may already have been consumed by the send.
-
-Only one task may receive (Trio allows one waiter per fd); sends are
-synchronous and never wait, so any task may send.  See docs/bridge.md.
+Only one task may receive (Trio allows one waiter per fd); sends are synchronous and never wait, so any task may
+send.  See docs/bridge.md.
 """
 
 from __future__ import annotations
@@ -21,29 +14,18 @@ from __future__ import annotations
 import trio
 import zmq
 
+from shared_schema.zmq_socket import ZmqSocketCore
 
-class TrioZmqSocket:
-    def __init__(self, sock: zmq.Socket) -> None:
-        self._sock = sock
-        self._fd = sock.getsockopt(zmq.FD)
+
+class TrioZmqSocket(ZmqSocketCore):
+    def __init__(self, sock: zmq.Socket[bytes]) -> None:
+        super().__init__(sock)
         self._wait_scope: trio.CancelScope | None = None
         self._receiving = False
 
-    @property
-    def raw(self) -> zmq.Socket:
-        return self._sock
-
-    def send_nowait(self, frames: list[bytes]) -> None:
-        """Queue a multipart message or raise ``zmq.Again`` / ``zmq.ZMQError``; never blocks."""
-        try:
-            self._sock.send_multipart(frames, zmq.NOBLOCK)
-        finally:
-            self._wake_receiver_if_readable()
-
-    def _wake_receiver_if_readable(self) -> None:
-        scope = self._wait_scope
-        if scope is not None and self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            scope.cancel()
+    def _input_pending(self) -> None:
+        if self._wait_scope is not None:
+            self._wait_scope.cancel()
 
     async def receive_batch(self, limit: int = 256) -> list[list[bytes]]:
         """Wait for input, then return every message already queued (at most ``limit``)."""
@@ -52,21 +34,16 @@ class TrioZmqSocket:
         self._receiving = True
         try:
             while True:
-                batch: list[list[bytes]] = []
-                while len(batch) < limit:
-                    try:
-                        batch.append(self._sock.recv_multipart(zmq.NOBLOCK))
-                    except zmq.Again:
-                        break
+                batch = self.read_batch(limit)
                 if batch:
                     await trio.lowlevel.checkpoint()
                     return batch
-                if self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                    continue
+                if self.closed:
+                    raise trio.ClosedResourceError("the ZeroMQ socket is closed")
                 with trio.CancelScope() as scope:
                     self._wait_scope = scope
                     try:
-                        await trio.lowlevel.wait_readable(self._fd)
+                        await trio.lowlevel.wait_readable(self.fd)
                     finally:
                         self._wait_scope = None
         finally:

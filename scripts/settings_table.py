@@ -17,7 +17,11 @@ def table(cls: type[BaseSettings], prefix: str) -> str:
     rows = ["| variable | default | meaning |", "|---|---|---|"]
     for name, field in cls.model_fields.items():
         if field.default_factory is not None:
-            default = "(see meaning)" if name == "data_dir" else repr(field.default_factory())
+            default = (
+                "(see meaning)"
+                if name == "data_dir"
+                else repr(field.get_default(call_default_factory=True, validated_data={}))
+            )
         else:
             default = repr(field.default)
         default = default.replace("|", "\\|")

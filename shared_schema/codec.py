@@ -45,7 +45,6 @@ class DecodeError(ValueError):
 
 
 _KINDS = {kind.value: kind for kind in Kind}
-_packer_default = None  # msgpack raises TypeError on unknown types; encode() reports it.
 
 
 def encode(envelope: Envelope) -> bytes:
@@ -69,7 +68,8 @@ def encode(envelope: Envelope) -> bytes:
         wire["b"] = envelope.body
     if envelope.traceparent is not None:
         wire["tp"] = envelope.traceparent
-    return msgpack.packb(wire, use_bin_type=True)
+    packed: bytes = msgpack.packb(wire, use_bin_type=True)
+    return packed
 
 
 def _field(wire: dict[str, Any], key: str, types: tuple[type, ...], expected: str, envelope_id: str) -> Any:

@@ -68,3 +68,8 @@ class Envelope:
     def fail(self, error: ErrorInfo) -> Envelope:
         """The ERROR that answers this CALL (or this undecodable request)."""
         return Envelope(Kind.ERROR, id=self.id, error=error, trace_id=self.trace_id)
+
+    @property
+    def outcome(self) -> str:
+        """A reply's metrics label: ``ok``, or its error's code."""
+        return "ok" if self.error is None else self.error.code.value

@@ -55,7 +55,7 @@ class ErrorInfo:
         if not isinstance(raw, dict):
             return cls(ErrorCode.INTERNAL, f"malformed error payload: {raw!r:.200}")
         try:
-            code = ErrorCode(raw.get("code"))
+            code = ErrorCode(str(raw.get("code")))
         except ValueError:
             code = ErrorCode.INTERNAL
         message = raw.get("message")

@@ -11,6 +11,7 @@ value.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from shared_schema.errors import BridgeError, ErrorCode
@@ -29,6 +30,7 @@ def nesting_depth_exceeds(value: Any, max_depth: int) -> bool:
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         item, depth = stack.pop()
+        children: Iterable[Any]
         if isinstance(item, dict):
             children = item.values()
         elif isinstance(item, list | tuple):

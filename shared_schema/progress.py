@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import anyio.from_thread
 import anyio.lowlevel
@@ -61,7 +61,7 @@ class Progress:
         return cls(float(done), float(total) if total is not None else None, message[:MAX_MESSAGE] if message else None)
 
 
-def _number(value: Any) -> bool:
+def _number(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 

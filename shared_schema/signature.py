@@ -53,7 +53,7 @@ class Signature:
     """
 
     def __init__(self, fn: Callable[..., Any], *, name: str | None = None, lenient: bool = False) -> None:
-        self.name = name or getattr(fn, "__name__", "tool")
+        self.name: str = name or str(getattr(fn, "__name__", "tool"))
         signature = inspect.signature(fn)
         try:
             hints = typing.get_type_hints(fn, include_extras=True)
@@ -83,7 +83,7 @@ class Signature:
             coerce_numbers_to_str=lenient,
         )
         self.lenient = lenient
-        self._model: type[BaseModel] = create_model(  # type: ignore[call-overload]
+        self._model: type[BaseModel] = create_model(
             f"{self.name.replace('.', '_')}_arguments", __config__=config, **fields
         )
         self.accepts_extra = accepts_extra

@@ -5,6 +5,10 @@ already use in their ``@tool_metadata(...)`` decorators, so those modules load
 unchanged.  A catalog entry (``ToolSpec``) is what the sidecar announces over
 the bridge and what ``tools/list`` shows: name, description, input schema,
 metadata and MCP annotations.
+
+"The seed" is the plan this project comes from: ipfs_datasets_py's MCP server (its tools in
+``tools/<category>/<tool>.py``) gaining P2P capabilities. Its users' tools, tool names, arguments and REST paths are
+the surface this project stays compatible with.
 """
 
 from __future__ import annotations

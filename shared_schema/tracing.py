@@ -152,7 +152,8 @@ class served:  # lower case: used like contextlib's context managers
             self._inner = _State.tracer.start_as_current_span(
                 self._name, context=parent, kind=self._kind, attributes=self._attributes
             )
-            return self._inner.__enter__()
+            span: Span = self._inner.__enter__()
+            return span
         if parent is not None:
             self._token = otel_context.attach(parent)
         return None

@@ -79,7 +79,8 @@ async def say_hello(open_stream: Opener, own_id: str, target_id: str, secret: by
     assert offer is not None
     stream = await open_stream()
     await stream.write(encode(Request(1, "hello", hello_body(offer.wire), 5.0), 1 << 24))
-    reader, frames = FrameReader(1 << 24), []
+    reader = FrameReader(1 << 24)
+    frames: list[bytes] = []
     while not frames:
         frames = reader.feed(await stream.read(65536))
     await stream.close()

@@ -127,11 +127,17 @@ class Proc:
     def alive(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
 
+    def exit_code(self, timeout: float) -> int:
+        """Wait for the process to exit by itself (at most ``timeout`` seconds) and return its exit code."""
+        assert self.popen is not None, f"{self.name} was never started"
+        return self.popen.wait(timeout=timeout)
+
     def wait_healthy(self, timeout: float = 30.0, *, status: int = 200) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.alive():
-                raise RuntimeError(f"{self.name} exited with {self.popen.returncode}:\n{self.log_tail()}")  # type: ignore[union-attr]
+                returncode = self.popen.returncode if self.popen is not None else None
+                raise RuntimeError(f"{self.name} exited with {returncode}:\n{self.log_tail()}")
             try:
                 code, _ = http_json("GET", self.health_url, timeout=1.0)
                 if code == status:
@@ -154,7 +160,7 @@ class Proc:
     def kill9(self) -> None:
         if self.alive():
             os.kill(self.pid, signal.SIGKILL)
-            self.popen.wait(timeout=10)  # type: ignore[union-attr]
+            self.exit_code(10)
 
     def stop(self, timeout: float = 15.0) -> int | None:
         if self.popen is None:
@@ -211,6 +217,7 @@ def sidecar_proc(tmp: Path, name: str = "sidecar", *, endpoint: str | None = Non
         "SIDECAR_DATA_DIR": str(data_dir),
         "SIDECAR_LISTEN_ADDRS": f"/ip4/127.0.0.1/tcp/{p2p_port}",
         "SIDECAR_NETWORK_SECRET_FILE": secret_file,
+        "SIDECAR_WORKER_TEST_TASK_TYPES": "true",  # the fail task type, for tests that fail tasks on purpose
     }
     settings.update(env)
     return Proc(
@@ -268,6 +275,13 @@ def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.05, what
             return value
         time.sleep(interval)
     raise TimeoutError(f"{what} not met within {timeout}s")
+
+
+def metric_value(url: str, name: str) -> float:
+    """The sum of a metric's samples (``name`` alone or with labels) at a /metrics URL; 0 if it has none."""
+    _, text = http_json("GET", url)
+    samples = [line for line in text.splitlines() if line.startswith((f"{name} ", f"{name}{{"))]
+    return sum(float(line.rsplit(" ", 1)[1]) for line in samples)
 
 
 def start_all(*procs: Proc, timeout: float = 30.0) -> None:

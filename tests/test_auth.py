@@ -210,7 +210,7 @@ def _bad_tokens(issuer: Issuer, audience: str) -> dict[str, str]:
         "ES256 with the wrong key type": issuer.token(
             audience, key=ec.generate_private_key(ec.SECP256R1()), algorithm="ES256"
         ),
-        "alg none": jwt.encode({"iss": ISSUER, "aud": audience, "exp": int(time.time()) + 60}, None, algorithm="none"),
+        "alg none": jwt.encode({"iss": ISSUER, "aud": audience, "exp": int(time.time()) + 60}, "", algorithm="none"),
         "not a jwt": "garbage.garbage.garbage",
     }
 

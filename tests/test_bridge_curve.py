@@ -14,7 +14,18 @@ import zmq
 
 from shared_schema import Envelope, Kind, encode
 from shared_schema.curve import generate
-from tests.procs import ROOT, Proc, base_env, free_port, gateway_proc, http_json, running, sidecar_proc, wait_for
+from tests.procs import (
+    ROOT,
+    Proc,
+    base_env,
+    free_port,
+    gateway_proc,
+    http_json,
+    metric_value,
+    running,
+    sidecar_proc,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -144,7 +155,8 @@ def test_gateway_without_an_allowed_key_cannot_connect(
     gateway = gateway_proc(tmp_path, endpoint=f"tcp://127.0.0.1:{curve_sidecar.extra['port']}", **env)
     with running(gateway):
         url = gateway.extra["url"]
-        time.sleep(2.5)  # several reconnection attempts
+        metrics = url + "/metrics"  # the handshake was tried and refused (libzmq may not try again)
+        wait_for(lambda: metric_value(metrics, "gateway_bridge_handshake_failures_total") >= 1, 10, what="a refusal")
         status, health = http_json("GET", url + "/health/ready")
         assert status == 503 and health["bridge"]["state"] == "down", health
         if secret is not None:

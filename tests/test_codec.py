@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import msgpack
 import pytest
@@ -27,7 +28,7 @@ json_values = st.recursive(
     deadline=st.none() | st.floats(0, 2e9),
 )
 def test_round_trip(
-    kind: Kind, call_id: str, tool: str, arguments: dict, result: object, deadline: float | None
+    kind: Kind, call_id: str, tool: str, arguments: dict[str, Any], result: object, deadline: float | None
 ) -> None:
     envelope = Envelope(kind, id=call_id, tool=tool, arguments=arguments, result=result, deadline=deadline)
     assert decode(encode(envelope)) == envelope
@@ -51,7 +52,7 @@ def test_random_bytes_only_raise_decode_error(frame: bytes) -> None:
 
 @settings(max_examples=300)
 @given(st.dictionaries(st.sampled_from(["v", "k", "id", "dl", "t", "a", "r", "e", "tr", "b", "zz"]), json_values))
-def test_structured_garbage_only_raises_decode_error(wire: dict) -> None:
+def test_structured_garbage_only_raises_decode_error(wire: dict[str, Any]) -> None:
     with contextlib.suppress(DecodeError):
         decode(msgpack.packb(wire))
 

@@ -14,12 +14,12 @@ import time
 from pathlib import Path
 
 import msgpack
-import pytest
 
 from shared_schema import Envelope, ErrorCode, ErrorInfo, Kind, encode
+from tests.ci import require_module
 from tests.procs import ROOT, base_env
 
-pytest.importorskip("atheris", reason="atheris has wheels for Linux x86_64 only")
+require_module("atheris", "atheris has wheels for Linux x86_64 only")
 
 RUNS = 1_000_000
 SECONDS = 10

@@ -196,12 +196,13 @@ async def test_arguments_are_judged_as_the_original_did(stack: Stack) -> None:
     status, body = stack.call("mixed_tools.mixed_sum", {"items": [1, "2"], "scale": 2})
     assert status == 200 and body["result"] == {"total": 6.0, "labels": {}}, body
     # anything that would change a value's meaning is refused
-    for name, arguments in [
+    changing: list[tuple[str, dict[str, Any]]] = [
         ("mixed_tools.mixed_echo", {"text": ["a", "b"]}),
         ("mixed_tools.mixed_echo", {"text": "a", "times": 1.5}),
         ("mixed_tools.mixed_sum", {"items": "1,2"}),
         ("mixed_tools.mixed_echo", {}),
-    ]:
+    ]
+    for name, arguments in changing:
         status, body = stack.call(name, arguments)
         assert status == 422 and body["error"]["code"] == "invalid_arguments", (name, arguments, body)
     # the gateway's own tools stay strict

@@ -1,4 +1,9 @@
-"""The collection loader's rules, piece by piece (the end-to-end proof is test_tool_collection.py)."""
+"""The collection loader's rules, piece by piece (the end-to-end proof is test_tool_collection.py).
+
+"The seed" is the plan this project comes from: ipfs_datasets_py's MCP server (its tools in
+``tools/<category>/<tool>.py``) gaining P2P capabilities. Its users' tools, tool names, arguments and REST paths are
+the surface this project stays compatible with.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ from shared_schema.compat import SchemaCache, ToolCollection, scan_tool_dirs
 from shared_schema.compat.flavour import adapt_for_host, coroutine_flavour
 from shared_schema.compat.rules import Selection, tool_metadata_for
 from shared_schema.compat.scan import ModuleSource
+from shared_schema.function_tool import FunctionTool
 from shared_schema.tool_metadata import ToolMetadata, ToolSpec, tool_metadata
 from tests.procs import ROOT, base_env
 from tests.toolgen import generate, write_demo_distribution
@@ -32,10 +38,19 @@ def _module(root: Path, category: str, stem: str, source: str) -> None:
     (folder / f"{stem}.py").write_text(textwrap.dedent(source).lstrip())
 
 
+def _tools(collection: ToolCollection) -> list[FunctionTool]:
+    """Every tool of a collection whose modules were all resolved."""
+    tools: list[FunctionTool] = []
+    for module in collection.modules:
+        assert module.resolution is not None, module
+        tools.extend(module.resolution.tools)
+    return tools
+
+
 def _resolved_names(root: Path, selection: Selection = "original") -> list[str]:
     collection = ToolCollection(scan_tool_dirs([root]), host="asyncio", selection=selection)
     collection.resolve_all(collection.modules)
-    return sorted(tool.name for m in collection.modules for tool in m.resolution.tools)  # type: ignore[union-attr]
+    return sorted(tool.name for tool in _tools(collection))
 
 
 def test_scan_lists_modules_without_importing_them(tmp_path: Path) -> None:
@@ -99,7 +114,7 @@ def test_same_module_name_in_two_categories_and_relative_imports(tmp_path: Path)
         _module(tmp_path, category, "status", "from ._helper import WHERE\n\ndef status():\n    return WHERE\n")
     collection = ToolCollection(scan_tool_dirs([tmp_path]), host="asyncio")
     collection.resolve_all(collection.modules)
-    answers = {tool.name: tool.fn() for m in collection.modules for tool in m.resolution.tools}  # type: ignore[union-attr]
+    answers = {tool.name: tool.fn() for tool in _tools(collection)}
     assert answers == {"north.status": "north", "south.status": "south"}
 
 
@@ -201,7 +216,8 @@ def test_schema_cache_round_trip_and_invalidation(tmp_path: Path) -> None:
     first.resolve_all(first.modules)
     again = ToolCollection(scan_tool_dirs([tmp_path]), host="asyncio", cache=SchemaCache(tmp_path / "cache"))
     assert [m.cached is not None for m in again.modules] == [True, True]
-    assert again.modules[0].cached[0].input_schema["properties"]["n"]["default"] == 1  # type: ignore[index]
+    cached = again.modules[0].cached
+    assert cached is not None and cached[0].input_schema["properties"]["n"]["default"] == 1
     _module(tmp_path, "data", "beta", "def beta(x: str): ...\n")  # a sibling changed: the category is re-read
     edited = ToolCollection(scan_tool_dirs([tmp_path]), host="asyncio", cache=SchemaCache(tmp_path / "cache"))
     assert [m.cached for m in edited.modules] == [None, None]
@@ -301,7 +317,8 @@ async def test_a_stand_in_yields_to_the_sidecars_tool_of_the_same_name(tmp_path:
     registry = ToolRegistry()
     registry.mount(ToolCollection(scan_tool_dirs([tmp_path]), host="asyncio"))
     await registry.prepare_listing()
-    assert registry.route("data.gone").local is not None  # type: ignore[union-attr]  # the stand-in answers
+    route = registry.route("data.gone")
+    assert route is not None and route.local is not None  # the stand-in answers
     remote = ToolSpec(name="data.gone", input_schema={"type": "object"}, metadata=ToolMetadata(runtime="trio"))
     registry.replace_remote([remote])
     route = registry.route("data.gone")

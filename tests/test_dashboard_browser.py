@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from tests.ci import require_module
 from tests.procs import Peer, http_json, p2p_network, running_network
 from tests.queue_client import call
 
@@ -36,7 +37,7 @@ TOKEN = "dashboard-test-token-0123456789"
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    playwright_api = pytest.importorskip("playwright.sync_api")
+    playwright_api = require_module("playwright.sync_api", "the dev extra's playwright is not installed")
     assert Path(CHROMIUM).exists(), "Debian's chromium is needed (make test installs it)"
     with playwright_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=BROWSER_ARGS)

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from tests.ci import require_module
 from tests.procs import Proc, http_json
 
 DASHBOARD = Path(__file__).resolve().parent.parent / "deploy" / "grafana" / "mcp-p2p-dashboard.json"
@@ -51,7 +52,7 @@ def lost(original: Any, round_trip: Any, path: str = "") -> list[str]:
 
 
 def test_the_dashboard_survives_grafanas_typed_model_whole() -> None:
-    sdk = pytest.importorskip("grafana_foundation_sdk")
+    sdk = require_module("grafana_foundation_sdk", "the dev extra's grafana-foundation-sdk is not installed")
     from grafana_foundation_sdk.cog import runtime
     from grafana_foundation_sdk.cog.encoder import JSONEncoder
     from grafana_foundation_sdk.cog.plugins import register_default_plugins
@@ -133,7 +134,7 @@ def test_every_query_names_a_metric_the_processes_expose(stack: tuple[Proc, Proc
 
 
 def test_the_model_check_catches_a_misspelled_key() -> None:
-    pytest.importorskip("grafana_foundation_sdk")
+    require_module("grafana_foundation_sdk", "the dev extra's grafana-foundation-sdk is not installed")
     from grafana_foundation_sdk.cog.encoder import JSONEncoder
     from grafana_foundation_sdk.cog.plugins import register_default_plugins
     from grafana_foundation_sdk.models.dashboard import Dashboard

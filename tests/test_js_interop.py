@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -52,7 +53,7 @@ def js_peer(node_js: str, tmp_path: Path, name: str, *args: str) -> JsPeer:
     return JsPeer(node_js, *args, log=tmp_path / f"{name}.log").start()
 
 
-def code(reply: dict) -> str:
+def code(reply: dict[str, Any]) -> str:
     message = reply["reply"]
     return "ok" if message["k"] == "res" else message["e"]["code"]
 
@@ -171,7 +172,8 @@ def test_js_peers_without_the_protocol_stay_connected_30s_and_the_log_stays_quie
             peers = sidecar.peers()
             assert peers[plain_id]["status"] == "connected" and peers[plain_id]["rpc"] == "none", peers[plain_id]
             assert peers[dialler_id]["status"] == "connected" and peers[dialler_id]["rpc"] == "none"
-            assert peers[client_id]["status"] == "connected" and peers[client_id]["rpc"] == "client"
+            assert client_id is not None and peers[client_id]["status"] == "connected"
+            assert peers[client_id]["rpc"] == "client"
             time.sleep(5)
         pings = client_only.wait_for("pings", 30)
         assert pings["failed"] == 0 and pings["ok"] >= 5 and pings["connected"], pings

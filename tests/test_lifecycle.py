@@ -13,10 +13,12 @@ import threading
 import time
 import urllib.error
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 from mcp import Client
+from mcp.types import CallToolResult
 
 from tests.procs import ROOT, Proc, base_env, free_port, gateway_proc, http_json, running, sidecar_proc, wait_for
 
@@ -37,12 +39,13 @@ def test_sigterm_drains_in_flight_calls_then_exits_0(tmp_path: Path) -> None:
             admin = f"http://127.0.0.1:{sidecar.extra['admin_port']}/metrics"
             wait_for(lambda: _in_flight(admin, "sidecar_bridge_in_flight") >= 3, 10, what="3 calls in the sidecar")
             sidecar.signal(signal.SIGTERM)
-            time.sleep(0.2)
+            # draining: not ready any more, and from the same step on it accepts no new calls
+            wait_for(lambda: http_json("GET", sidecar.health_url)[0] == 503, 5, what="the sidecar draining")
             refused = http_json("POST", url + "/tools/execute/p2p_echo", {"message": "late"})
             results = [future.result(timeout=10) for future in slow]
         assert all(status == 200 for status, _ in results), results
         assert refused[0] == 503 and refused[1]["error"]["code"] == "unavailable"
-        assert sidecar.popen.wait(timeout=10) == 0
+        assert sidecar.exit_code(10) == 0
         assert gateway.stop() == 0
 
 
@@ -114,9 +117,9 @@ def _in_flight(url: str, metric: str) -> float:
     return float(line.split()[-1])
 
 
-def _loop_until_refused(url: str, path: str, body: dict, stop: threading.Event) -> list[tuple[str, int, object]]:
+def _loop_until_refused(url: str, path: str, body: dict[str, Any], stop: threading.Event) -> list[tuple[str, int, Any]]:
     """Call on fresh connections until told to stop: refused is fine (never accepted), a bad answer is not."""
-    outcomes: list[tuple[str, int, object]] = []
+    outcomes: list[tuple[str, int, Any]] = []
     while not stop.is_set():
         try:
             status, answer = http_json("POST", url + path, body, timeout=15)
@@ -139,12 +142,12 @@ def _refused(port: int) -> bool:
     return False
 
 
-async def _official_client_call(url: str, mode: str) -> object:
+async def _official_client_call(url: str, mode: str) -> CallToolResult:
     with anyio.fail_after(20):
         return await _official_client_call_unbounded(url, mode)
 
 
-async def _official_client_call_unbounded(url: str, mode: str) -> object:
+async def _official_client_call_unbounded(url: str, mode: str) -> CallToolResult:
     async with Client(url + "/mcp", mode=mode) as client:
         await client.list_tools()  # cached, so the SDK does not list again after the call
         return await client.call_tool("p2p_echo", {"message": f"mcp-{mode}", "delay_ms": 1500})
@@ -192,7 +195,7 @@ def test_gateway_sigterm_under_load_answers_every_accepted_call(tmp_path: Path) 
                 assert not all(future.done() for future in slow)
                 answers = [future.result(timeout=15) for future in slow]
                 results = [future.result(timeout=15) for future in mcp]
-                assert gateway.popen.wait(timeout=15) == 0
+                assert gateway.exit_code(15) == 0
             finally:
                 stop.set()
             outcomes = [outcome for future in loops for outcome in future.result(timeout=30)]
@@ -216,7 +219,7 @@ def test_sidecar_sigterm_under_load_finishes_or_refuses_every_call(tmp_path: Pat
         wait_for(lambda: http_json("GET", url + "/health/ready")[0] == 200, 15, what="ready")
         stop = threading.Event()
 
-        def timed(body: dict) -> tuple[int, dict, float]:
+        def timed(body: dict[str, Any]) -> tuple[int, dict[str, Any], float]:
             started = time.monotonic()
             status, answer = http_json("POST", url + "/tools/execute/p2p_echo", body, timeout=30)
             return status, answer, time.monotonic() - started
@@ -235,7 +238,7 @@ def test_sidecar_sigterm_under_load_finishes_or_refuses_every_call(tmp_path: Pat
                 signalled = time.monotonic()
                 finished = [future.result(timeout=15) for future in slow]
                 cut = too_slow.result(timeout=15)
-                assert sidecar.popen.wait(timeout=15) == 0
+                assert sidecar.exit_code(15) == 0
                 exited = time.monotonic() - signalled
                 time.sleep(0.5)  # the loops keep calling while the sidecar is gone
             finally:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import anyio
 import httpx
 import mcp_types as types
@@ -11,6 +14,7 @@ from mcp.client.subscriptions import ToolsListChanged
 from mcp.shared.exceptions import MCPError
 
 from bench.stack import legacy_call, legacy_session
+from tests.mcp_results import first_text
 from tests.procs import Proc, gateway_proc, running, sidecar_proc
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
@@ -64,20 +68,21 @@ async def test_unknown_tool_is_invalid_params_and_bad_arguments_are_tool_errors(
         with pytest.raises(MCPError) as caught:
             await client.call_tool("no_such_tool", {})
         assert caught.value.error.code == types.INVALID_PARAMS
-        for name, arguments, mentioned in [
+        refused: list[tuple[str, dict[str, Any], str]] = [
             ("hash_content", {"data": 42}, "data"),
             ("hash_content", {}, "data"),
             ("p2p_hash_content", {"data": "x", "algorithm": "md5"}, "algorithm"),
             ("echo", {"message": "x", "unexpected": 1}, "unexpected"),
-        ]:
+        ]
+        for name, arguments, mentioned in refused:
             result = await client.call_tool(name, arguments)
             assert result.is_error, (name, arguments)
-            text = result.content[0].text  # type: ignore[union-attr]
+            text = first_text(result)
             assert text.startswith("invalid_arguments: ") and mentioned in text, (name, text)
             assert result.structured_content["error"]["code"] == "invalid_arguments"
 
 
-async def test_handshake_client_hears_when_the_sidecar_catalog_arrives(tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_handshake_client_hears_when_the_sidecar_catalog_arrives(tmp_path: Path) -> None:
     """Gateway first, sidecar later: a connected session is told the tool list changed."""
     sidecar = sidecar_proc(tmp_path)
     gateway = gateway_proc(tmp_path, endpoint=sidecar.extra["endpoint"])
@@ -98,7 +103,7 @@ async def test_handshake_client_hears_when_the_sidecar_catalog_arrives(tmp_path)
                 assert "p2p_service_status" in after
 
 
-async def test_modern_client_hears_catalog_changes_on_its_listen_stream(tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_modern_client_hears_catalog_changes_on_its_listen_stream(tmp_path: Path) -> None:
     """2026-07-28 era: change events arrive on a subscriptions/listen stream, not a session."""
     sidecar = sidecar_proc(tmp_path)
     gateway = gateway_proc(tmp_path, endpoint=sidecar.extra["endpoint"])
@@ -118,7 +123,7 @@ async def test_modern_client_hears_catalog_changes_on_its_listen_stream(tmp_path
     ("json_response", "content_type"), [("true", "application/json"), ("false", "text/event-stream")]
 )
 async def test_answers_as_one_json_body_or_as_an_sse_stream_as_configured(
-    tmp_path,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
     json_response: str,
     content_type: str,
 ) -> None:

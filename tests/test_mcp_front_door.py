@@ -18,6 +18,7 @@ from mcp import Client
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 
 from tests.js_clients import FIXTURE_TOOLS
+from tests.mcp_results import first_text
 from tests.procs import Proc, gateway_proc, running, sidecar_proc
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
@@ -202,7 +203,7 @@ async def test_a_result_json_cannot_carry_is_a_tool_error(gateway: Proc, mode: s
         for kind in ("object", "loop"):
             result = await client.call_tool("testkit.not_json", {"kind": kind})
             assert result.is_error, (kind, result)
-            assert "cannot be encoded as JSON" in result.content[0].text  # type: ignore[union-attr]
+            assert "cannot be encoded as JSON" in first_text(result)
     with httpx.Client(timeout=10) as http:
         answer = http.post(url + "/tools/execute/testkit.not_json", json={"kind": "object"})
         assert answer.status_code == 500 and answer.headers["content-type"] == "application/json"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+from typing import Any
 
 import pytest
 
@@ -15,7 +16,7 @@ MODERN = "2026-07-28"
 HEADERS = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
 
 
-def _post(url: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict | str, dict]:
+def _post(url: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, Any, dict[str, Any]]:
     request = urllib.request.Request(url, data=body, method="POST", headers={**HEADERS, **(headers or {})})
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
@@ -47,7 +48,7 @@ def _initialize(url: str) -> str:
     return session
 
 
-def _modern_envelope(method: str, params: dict | None = None, request_id: int = 1) -> bytes:
+def _modern_envelope(method: str, params: dict[str, Any] | None = None, request_id: int = 1) -> bytes:
     meta = {
         "io.modelcontextprotocol/protocolVersion": MODERN,
         "io.modelcontextprotocol/clientCapabilities": {},

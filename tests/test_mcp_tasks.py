@@ -58,7 +58,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Proc, Proc
 
 def _rpc(gateway: Proc, method: str, params: dict[str, Any], *, declare: bool = True) -> tuple[int, dict[str, Any]]:
     """One 2026-07-28 request, declaring the Tasks extension unless told not to."""
-    capabilities = {"extensions": {EXTENSION_ID: {}}} if declare else {}
+    capabilities: dict[str, Any] = {"extensions": {EXTENSION_ID: {}}} if declare else {}
     meta = {
         "io.modelcontextprotocol/protocolVersion": MODERN,
         "io.modelcontextprotocol/clientCapabilities": capabilities,

@@ -41,8 +41,8 @@ def join_lines(peer: Peer) -> dict[str, str]:
         [sys.executable, "-m", "p2p_sidecar", "join"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stderr
-    pairs = [line.split("=", 1) for line in done.stdout.splitlines() if line and not line.startswith("#")]
-    return dict(pairs)  # type: ignore[arg-type]
+    lines = [line for line in done.stdout.splitlines() if line and not line.startswith("#")]
+    return {key: value for key, _, value in (line.partition("=") for line in lines)}
 
 
 @pytest.fixture(scope="module")

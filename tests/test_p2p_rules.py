@@ -146,7 +146,9 @@ def test_peers_that_do_not_serve_our_protocol_are_never_dialled_to_reach_the_tar
     table.add(record(PEER_ID, serves_rpc=False))
     table.add(record(OTHER))
     assert [entry.peer_id for entry in plan_dials(table, 0.0, target=8, in_flight=set(), limit=8)] == [OTHER]
-    table.get(PEER_ID).sources.add("bootstrap")  # type: ignore[union-attr]
+    bootstrap = table.get(PEER_ID)
+    assert bootstrap is not None
+    bootstrap.sources.add("bootstrap")
     assert {entry.peer_id for entry in plan_dials(table, 0.0, target=8, in_flight=set(), limit=8)} == {PEER_ID, OTHER}
 
 

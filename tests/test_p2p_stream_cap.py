@@ -7,11 +7,13 @@ peer opens streams until it is past the cap, nothing else going on, and the coun
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
 import trio
+from libp2p.abc import INetStream
 from libp2p.host.exceptions import StreamFailure
 
 from tests.p2p_client import Opener, run_client, writable
@@ -19,6 +21,7 @@ from tests.procs import Peer, http_json, p2p_network, running_network
 
 pytestmark = pytest.mark.e2e
 CAP = 8
+REFUSED = 'sidecar_p2p_protocol_errors_total{reason="too_many_streams"}'
 
 
 @pytest.fixture
@@ -33,27 +36,46 @@ def metric(node: Peer, name: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
 
 
+async def node_sees(node: Peer, condition: Callable[[float, float], bool], what: str) -> None:
+    """Wait (at most 10 s) until the node's open inbound streams and its refusals so far satisfy ``condition``."""
+
+    def both() -> tuple[float, float]:
+        return metric(node, "sidecar_p2p_inbound_streams"), metric(node, REFUSED)
+
+    with trio.move_on_after(10):
+        while not condition(*await trio.to_thread.run_sync(both)):
+            await trio.sleep(0.02)
+        return
+    raise AssertionError(f"not seen within 10 s: {what} (open streams, refusals: {both()})")
+
+
+def _handled(streams: float, open_: float, refused: float) -> bool:
+    """The node has looked at ``streams`` new streams in all (counting the refusals before this test's)."""
+    return open_ + refused == streams
+
+
 def test_streams_past_the_per_peer_cap_are_reset_and_the_others_kept(node: Peer) -> None:
-    refused = 'sidecar_p2p_protocol_errors_total{reason="too_many_streams"}'
-    before = metric(node, refused)
+    before = metric(node, REFUSED)
 
     async def scenario(open_stream: Opener) -> tuple[int, int, bool]:
-        await trio.sleep(0.5)  # the hello's stream, closed, has left the node's count
-        usable, refused_here = [], 0
-        for _ in range(CAP + 3):
+        await node_sees(node, lambda open_, _: open_ == 0, "the hello's stream, closed, left the node's count")
+        usable: list[INetStream] = []
+        refused_here = 0
+        for index in range(CAP + 3):
             try:
                 stream = await open_stream()
             except StreamFailure:  # reset while the protocol was being confirmed: refused all the same
                 refused_here += 1
                 continue
-            await trio.sleep(0.05)  # the node looks at each new stream as it is handed over
+            # the node has looked at the new stream: counted it, or refused it
+            await node_sees(node, partial(_handled, index + 1 + before), "the node took the stream")
             if await writable(stream):
                 usable.append(stream)
             else:
                 refused_here += 1
         for stream in usable:
             await stream.close()
-        await trio.sleep(0.5)
+        await node_sees(node, lambda open_, _: open_ == 0, "the closed streams left the node's count")
         try:
             again = await open_stream()  # with the others closed, a new one is served again
         except StreamFailure:
@@ -62,4 +84,4 @@ def test_streams_past_the_per_peer_cap_are_reset_and_the_others_kept(node: Peer)
 
     kept, reset, served_again = run_client(node.multiaddr, scenario)
     assert (kept, reset, served_again) == (CAP, 3, True)
-    assert metric(node, refused) - before == 3
+    assert metric(node, REFUSED) - before == 3

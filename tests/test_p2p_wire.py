@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import struct
+from typing import Any
 
 import msgpack
 import pytest
@@ -44,7 +45,7 @@ def body(frame: bytes) -> bytes:
     args=st.dictionaries(st.text(max_size=8), json_values, max_size=5),
     timeout=st.floats(0.001, 3600),
 )
-def test_request_round_trip(request_id: int, op: str, args: dict, timeout: float) -> None:
+def test_request_round_trip(request_id: int, op: str, args: dict[str, Any], timeout: float) -> None:
     message = decode(body(encode(Request(request_id, op, args, timeout), LIMIT)))
     assert isinstance(message, Request)
     assert (message.id, message.op, message.args) == (request_id, op, args)
@@ -138,7 +139,7 @@ def test_encode_refuses_oversize_and_unpackable() -> None:
         ({"v": 1, "k": "what", "id": 3}, "bad_field", True),
     ],
 )
-def test_bad_fields_are_named_and_keep_the_id(wire: dict, reason: str, has_id: bool) -> None:
+def test_bad_fields_are_named_and_keep_the_id(wire: dict[str, Any], reason: str, has_id: bool) -> None:
     with pytest.raises(WireError) as caught:
         decode(msgpack.packb(wire))
     assert caught.value.reason == reason

@@ -1,4 +1,9 @@
-"""The seed's REST face: same paths, same shapes, local and P2P tools alike."""
+"""The seed's REST face: same paths, same shapes, local and P2P tools alike.
+
+"The seed" is the plan this project comes from: ipfs_datasets_py's MCP server (its tools in
+``tools/<category>/<tool>.py``) gaining P2P capabilities. Its users' tools, tool names, arguments and REST paths are
+the surface this project stays compatible with.
+"""
 
 from __future__ import annotations
 

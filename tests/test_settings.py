@@ -102,3 +102,20 @@ def test_an_admin_port_off_loopback_needs_a_token() -> None:
 def test_help(module: str) -> None:
     done = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, timeout=60)
     assert done.returncode == 0 and b"usage:" in done.stdout
+
+
+def test_settings_that_bound_one_another_are_checked_once_all_have_their_values() -> None:
+    with pytest.raises(ValidationError) as info:
+        SidecarSettings(task_max_result_bytes=8 << 20)  # a result no peer message could carry
+    line = describe_settings_error(info.value, "SIDECAR_")
+    assert "SIDECAR_P2P_MAX_MESSAGE_BYTES" in line and "SIDECAR_TASK_MAX_RESULT_BYTES" in line, line
+    with pytest.raises(ValidationError) as info:
+        SidecarSettings(peer_ping_interval=30, peer_gone_timeout=20)
+    assert "SIDECAR_PEER_GONE_TIMEOUT (20) must be longer than SIDECAR_PEER_PING_INTERVAL (30)" in str(info.value)
+    raised = SidecarSettings(  # raising them together is fine
+        task_max_result_bytes=8 << 20,
+        p2p_max_message_bytes=20 << 20,
+        p2p_max_partial_bytes_per_peer=20 << 20,
+        p2p_max_partial_bytes=40 << 20,
+    )
+    assert raised.p2p_max_message_bytes == 20 << 20

@@ -1,7 +1,8 @@
 """Disk trouble under the sidecar's SQLite: every case is a clear error, the process never crashes, nothing is lost.
 
 Real sidecars (and a gateway where tasks are submitted) on real file systems: a tmpfs mounted read-only
-or filled to the last byte (mounting needs root; those tests skip otherwise, saying so), a database held
+or filled to the last byte (mounting needs root; those tests skip otherwise, saying so, and fail under
+CI=true), a database held
 by another process's exclusive lock, a second sidecar on the same data directory, a file that is not a
 database and one with a damaged page.  After each case the database passes ``PRAGMA integrity_check``
 and still holds every task it had accepted.
@@ -25,6 +26,7 @@ from p2p_sidecar.taskqueue.errors import StorageError
 from p2p_sidecar.taskqueue.model import RetryPolicy
 from p2p_sidecar.taskqueue.records import NewTask
 from p2p_sidecar.taskqueue.store import TaskStore
+from tests.ci import cannot_run
 from tests.procs import Proc, gateway_proc, http_json, make_identity, running, sidecar_proc, wait_for
 from tests.queue_client import call, wait_done
 
@@ -67,7 +69,7 @@ def check_database(data_dir: Path) -> int:
 def start_failure(proc: Proc, timeout: float = 30.0) -> tuple[int, str]:
     """Start a process expected to stop at once; returns its exit code and its one-line error."""
     proc.start(wait=False)
-    code = proc.popen.wait(timeout=timeout)  # type: ignore[union-attr]
+    code = proc.exit_code(timeout)
     lines = [line for line in proc.log_path.read_text().splitlines() if line.startswith("sidecar cannot start")]
     assert len(lines) == 1, proc.log_tail()
     return code, lines[0]
@@ -78,10 +80,10 @@ def tmpfs(path: Path, size: str) -> Iterator[Path]:
     """A small tmpfs mounted at ``path`` (root only), unmounted afterwards."""
     path.mkdir(parents=True, exist_ok=True)
     if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root; the read-only and disk-full cases run only as root")
+        cannot_run("mounting a tmpfs needs root; the read-only and disk-full cases run only as root")
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)], check=False)
     if done.returncode != 0:
-        pytest.skip("mount -t tmpfs is not permitted here (a container without CAP_SYS_ADMIN?)")
+        cannot_run("mount -t tmpfs is not permitted here (a container without CAP_SYS_ADMIN?)")
     try:
         yield path
     finally:

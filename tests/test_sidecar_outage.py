@@ -5,15 +5,16 @@ from __future__ import annotations
 import concurrent.futures
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.procs import gateway_proc, http_json, running, sidecar_proc, wait_for
+from tests.procs import gateway_proc, http_json, metric_value, running, sidecar_proc, wait_for
 
 pytestmark = pytest.mark.e2e
 
 
-def _execute(url: str, tool: str, args: dict, timeout: float = 10.0) -> tuple[int, dict, float]:
+def _execute(url: str, tool: str, args: dict[str, Any], timeout: float = 10.0) -> tuple[int, dict[str, Any], float]:
     started = time.monotonic()
     status, body = http_json("POST", f"{url}/tools/execute/{tool}", args, timeout=timeout)
     return status, body, time.monotonic() - started
@@ -32,7 +33,8 @@ def test_kill9_sidecar_then_restart_on_same_endpoint(tmp_path: Path, transport: 
         # a call in flight when the sidecar dies fails fast, not at its deadline
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             in_flight = pool.submit(_execute, url, "p2p_echo", {"message": "slow", "delay_ms": 20_000})
-            time.sleep(0.3)
+            admin = f"http://127.0.0.1:{sidecar.extra['admin_port']}/metrics"
+            wait_for(lambda: metric_value(admin, "sidecar_bridge_in_flight") >= 1, 5, what="the call in the sidecar")
             sidecar.kill9()
             status, body, took = in_flight.result(timeout=5)
         assert status == 503 and body["error"]["code"] == "unavailable", body
@@ -85,7 +87,8 @@ def test_timeouts_and_in_flight_bound(tmp_path: Path) -> None:
 
         with concurrent.futures.ThreadPoolExecutor(3) as pool:
             slow = [pool.submit(_execute, url, "p2p_echo", {"message": "s", "delay_ms": 800}) for _ in range(2)]
-            time.sleep(0.3)
+            metrics = url + "/metrics"
+            wait_for(lambda: metric_value(metrics, "gateway_bridge_in_flight") >= 2, 5, what="two calls in flight")
             status, body, took = _execute(url, "p2p_echo", {"message": "third"})
             assert status == 503 and body["error"]["code"] == "busy" and took < 0.5
             assert [future.result()[0] for future in slow] == [200, 200]

@@ -2,7 +2,7 @@
 
 The short form of ``bench/slow_links.py`` (which has the figures in docs/benchmarks.md): a-b and a-c are 50 ms /
 1% links, b-c a 200 ms / 5% one (``bench/linklab.py``), every setting the default.  It needs root for the
-namespaces; without root it is skipped with the command to run instead, except under CI (``CI`` set), where
+namespaces; without root it is skipped with the command to run instead, except under ``CI=true``, where
 not being able to run it is a failure, as is being root and still unable to make namespaces.
 """
 
@@ -15,6 +15,7 @@ import pytest
 
 from bench.linklab import LinkLab
 from bench.slow_links import run
+from tests.ci import cannot_run
 
 pytestmark = pytest.mark.e2e
 
@@ -26,9 +27,9 @@ GONE_TIMEOUT, PING_INTERVAL = 10.0, 2.0
 def test_three_nodes_on_delayed_lossy_links(tmp_path: Path) -> None:
     why_not = LinkLab.available()
     if why_not is not None:
-        if os.geteuid() == 0 or os.environ.get("CI"):
-            pytest.fail(f"the namespace scenario must run here (root, or CI) but cannot: {why_not}")
-        pytest.skip(f"{why_not}: run `sudo .venv/bin/python -m bench.slow_links` for this scenario")
+        if os.geteuid() == 0:
+            pytest.fail(f"the namespace scenario must run as root but cannot: {why_not}")
+        cannot_run(f"{why_not}: run `sudo .venv/bin/python -m bench.slow_links` for this scenario")
     result = run(tmp_path, calls=15, tasks=40, pinned=8, workflow_count=2)
     print(result)
     assert result["bootstrap_s"] < 30, result

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from p2p_sidecar.taskqueue.dispatch import Dispatcher, Need, needs
+from p2p_sidecar.taskqueue.protocol import Hint
 from p2p_sidecar.taskqueue.records import Placement, PlacementKind
 
 ANY = Placement()
@@ -16,14 +17,14 @@ def on(peer: str) -> Placement:
     return Placement(PlacementKind.PEER, peer)
 
 
-def capable(*peers: str):  # type: ignore[no-untyped-def]
+def capable(*peers: str) -> Callable[[str], Sequence[str]]:
     def lookup(task_type: str) -> Sequence[str]:
         return list(peers)
 
     return lookup
 
 
-def hinted(plan: list) -> dict[str, dict[str, int]]:  # type: ignore[type-arg]
+def hinted(plan: list[tuple[str, Hint]]) -> dict[str, dict[str, int]]:
     return {peer: dict(hint.ready) for peer, hint in plan}
 
 

@@ -17,6 +17,7 @@ import trio.testing
 
 from p2p_sidecar.settings import SidecarSettings
 from p2p_sidecar.taskqueue.errors import InvalidRequest
+from p2p_sidecar.taskqueue.executors import ExecutorRegistry
 from p2p_sidecar.taskqueue.protocol import OP_CLAIM, OP_COMPLETE, OP_HEARTBEAT, OP_RELEASE, PeerOpFailed, PeerRpc
 from p2p_sidecar.taskqueue.service import QueueService
 from p2p_sidecar.taskqueue.store import TaskStore
@@ -84,6 +85,13 @@ async def until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
             await trio.sleep(0.01)
 
 
+def test_the_fail_test_aid_is_loaded_only_when_asked_for() -> None:
+    assert "fail" not in ExecutorRegistry.discover().types  # what a production node advertises
+    assert set(ExecutorRegistry.discover(test_aids=True).types) >= {"echo", "fail", "hash", "sleep", "tool"}
+    assert ExecutorRegistry.discover(["echo", "fail"], test_aids=True).types == ["echo", "fail"]
+    assert ExecutorRegistry.discover(["echo", "fail"]).types == ["echo"]  # naming it is not enough
+
+
 def test_memory_rpc_satisfies_the_protocol(tmp_path: Path) -> None:
     assert isinstance(MemoryNetwork().join("x"), PeerRpc)
 
@@ -92,7 +100,8 @@ def test_remote_placement_runs_on_a_peer_and_records_at_the_owner(tmp_path: Path
     async def test(net: MemoryNetwork, nursery: trio.Nursery) -> None:
         owner = await Node(net, tmp_path, "A", worker_concurrency=0).start(nursery)
         await Node(net, tmp_path, "B").start(nursery)
-        assert net.peers["B"].capabilities == {"echo", "fail", "hash", "sleep"}  # no "tool" without an allowlist
+        # no "tool" without an allowlist, and no test aid ("fail") unless asked for
+        assert net.peers["B"].capabilities == {"echo", "hash", "sleep"}
         view = owner.submit(task_type="echo", payload={"x": 1}, metadata={"placement": "remote"})
         done = await owner.wait(view["task_id"], 10)
         assert done["status"] == "completed" and done["executed_by"] == "B" and done["attempt"] == 1
@@ -179,12 +188,13 @@ def test_ops_refuse_late_duplicate_and_malformed_reports(tmp_path: Path) -> None
         assert (await rpc.request("A", OP_RELEASE, {"worker": "w", "leases": [[lease["task_id"], 1]]}, timeout=1)) == {
             "released": 0
         }
-        for op, body, words in [
+        malformed: list[tuple[str, dict[str, Any], str]] = [
             (OP_CLAIM, {"worker": "w", "boot": "b", "types": "echo", "max": 1}, "types must be a list"),
             (OP_CLAIM, {"worker": "w", "boot": "b", "types": [], "max": 0}, "max must be an integer"),
             (OP_HEARTBEAT, {"worker": "w", "boot": "b", "leases": [["t"]]}, "[task_id, attempt]"),
             (OP_COMPLETE, {"reports": []}, "reports must be a list"),
-        ]:
+        ]
+        for op, body, words in malformed:
             with pytest.raises(PeerOpFailed, match=words.replace("[", r"\[").replace("]", r"\]")):
                 await rpc.request("A", op, body, timeout=1)
 

@@ -121,10 +121,11 @@ def test_sigterm_lets_short_tasks_finish_and_hands_long_ones_back(stack: tuple[s
     wait_status(url, short, "running")
     wait_status(url, long, "running")
     sidecar.signal(signal.SIGTERM)
-    time.sleep(0.2)
+    # draining: not ready any more, and from the same step on it accepts no new work
+    wait_for(lambda: http_json("GET", sidecar.health_url)[0] == 503, 5, what="the sidecar draining")
     status, error = refused(url, "task_submit", task_type="echo", payload=1)
     assert status == 503 and error["code"] == "unavailable"
-    assert sidecar.popen.wait(timeout=15) == 0
+    assert sidecar.exit_code(15) == 0
     rows = {row["task_id"]: row for row in stored(sidecar)}
     assert rows[short]["status"] == "completed"
     assert (rows[long]["status"], rows[long]["failures"]) == ("queued", 0)  # handed back, not counted as failed
@@ -155,5 +156,5 @@ def test_a_second_sidecar_on_the_same_data_dir_refuses_to_start(stack: tuple[str
     twin = sidecar_proc(tmp_path, "twin")
     twin.env["SIDECAR_DATA_DIR"] = str(sidecar.extra["data_dir"])
     twin.start(wait=False)
-    assert twin.popen.wait(timeout=30) == 1
+    assert twin.exit_code(30) == 1
     assert "another sidecar is using this data directory" in twin.log_path.read_text()

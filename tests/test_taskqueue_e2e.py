@@ -6,11 +6,13 @@ import hashlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 from mcp import Client
 
+from tests.mcp_results import first_text
 from tests.procs import Proc, gateway_proc, running, sidecar_proc
 from tests.queue_client import call, refused, wait_done, wait_status
 
@@ -208,7 +210,7 @@ def test_idempotency_key_and_task_id_make_resubmission_safe(queue_stack: tuple[s
     ],
 )
 def test_bad_requests_get_clear_errors(
-    queue_stack: tuple[str, Proc], tool: str, arguments: dict, status: int, code: str, words: str
+    queue_stack: tuple[str, Proc], tool: str, arguments: dict[str, Any], status: int, code: str, words: str
 ) -> None:
     url, _ = queue_stack
     got_status, error = refused(url, tool, **arguments)
@@ -299,6 +301,6 @@ def test_the_official_mcp_client_submits_and_waits(queue_stack: tuple[str, Proc]
             waited = await client.call_tool("task_wait", {"task_id": task_id, "timeout_s": 30})
             assert not waited.is_error and waited.structured_content["result"]["cid"] == CID
             missing = await client.call_tool("task_status", {"task_id": "nope"})
-            assert missing.is_error and "no task with id" in missing.content[0].text
+            assert missing.is_error and "no task with id" in first_text(missing)
 
     anyio.run(scenario)

@@ -81,7 +81,12 @@ def test_failures_count_until_the_policy_gives_up() -> None:
 
 def test_not_retryable_fails_at_once() -> None:
     outcome = model.fail(TaskState(S.RUNNING, 1, 0, POLICY), message="bad payload", retryable=False, code="x")
-    assert outcome.status is S.FAILED and outcome.error["code"] == "x" and "not retryable" in outcome.note
+    assert (
+        outcome.status is S.FAILED
+        and outcome.error is not None
+        and outcome.error["code"] == "x"
+        and "not retryable" in outcome.note
+    )
 
 
 def test_lost_leases_requeue_without_backoff_but_count() -> None:

@@ -17,7 +17,7 @@ import pytest
 
 from p2p_sidecar.node.wire import FrameReader, Reply, Request, decode, encode
 from shared_schema.content import cid_v1_raw
-from tests.p2p_client import run_client
+from tests.p2p_client import Opener, run_client
 from tests.procs import Peer, p2p_network, running_network, wait_for
 from tests.queue_client import call, refused, wait_done, wait_status
 
@@ -213,7 +213,10 @@ def test_a_diamond_workflow_runs_across_peers(net: dict[str, Peer]) -> None:
         lambda: call(url(a), "workflow_status", workflow_id=workflow_id)["status"] != "running", 60, what="workflow"
     )
     result = call(url(a), "workflow_result", workflow_id=workflow_id)
-    sha = lambda text: hashlib.sha256(text.encode()).hexdigest()  # noqa: E731
+
+    def sha(text: str) -> str:
+        return hashlib.sha256(text.encode()).hexdigest()
+
     assert result["status"] == "completed", result
     assert result["output"]["digest"] == sha(f"{sha('left:' + sha('seed'))}+4")
     status = call(url(a), "workflow_status", workflow_id=workflow_id, include_steps=True, include_metrics=True)
@@ -226,26 +229,29 @@ def test_a_strangers_malformed_or_forged_queue_messages_change_nothing(net: dict
     a = net["a"]
     task_id = call(url(a), "task_submit", task_type="echo", payload="original")["task_id"]
     assert wait_done(url(a), task_id)["result"] == "original"
-    requests = [
+    requests: list[tuple[str, dict[str, Any]]] = [
         ("queue.claim", {"worker": "w", "types": "echo", "max": 1}),  # no boot, types not a list
         ("queue.complete", {"reports": [{"task_id": task_id, "attempt": 1, "ok": True, "result": "forged"}]}),
         ("queue.heartbeat", {"worker": "w", "boot": "x", "leases": [[task_id, 1]]}),
         ("queue.release", {"worker": "w", "leases": [[task_id]]}),
     ]
 
-    async def scenario(open_stream):  # type: ignore[no-untyped-def]
+    async def scenario(open_stream: Opener) -> list[Reply]:
         stream = await open_stream()
-        reader, replies = FrameReader(1 << 20), []
+        reader = FrameReader(1 << 20)
+        replies: list[Reply] = []
         for request_id, (op, body) in enumerate(requests, 1):
             await stream.write(encode(Request(request_id, op, body, 5.0), 1 << 20))
             frames: list[bytes] = []
             while not frames:
                 frames = reader.feed(await stream.read(65536))
-            replies.append(decode(frames[0]))
+            reply = decode(frames[0])
+            assert isinstance(reply, Reply), reply
+            replies.append(reply)
         await stream.close()
         return replies
 
-    replies: list[Reply] = run_client(a.multiaddr, scenario)
+    replies = run_client(a.multiaddr, scenario)
     assert replies[0].error is not None and replies[0].error.code.value == "invalid_arguments"
     assert "boot" in replies[0].error.message
     assert replies[1].result == {"verdicts": ["duplicate"]}  # not its lease: the recorded result stays

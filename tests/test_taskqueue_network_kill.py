@@ -86,7 +86,7 @@ def test_tasks_of_a_worker_node_killed_mid_task_complete_elsewhere(worker_net: d
     task_id = call(url(a), "task_submit", task_type="sleep", payload={"seconds": 60})["task_id"]
     assert wait_status(url(a), task_id, "running")["executed_by"] == c.peer_id
     c.sidecar.signal(signal.SIGTERM)
-    assert c.sidecar.popen.wait(timeout=20) == 0  # type: ignore[union-attr]
+    assert c.sidecar.exit_code(20) == 0
     view = call(url(a), "task_status", task_id=task_id, include_logs=True)
     assert (view["status"], view["attempt"], view["failures"]) == ("queued", 1, 0), view
     assert any("handed back" in entry["event"] and c.peer_id in entry["event"] for entry in view["logs"]), view

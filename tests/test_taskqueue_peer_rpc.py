@@ -114,7 +114,9 @@ def test_capable_peers_are_live_ones_that_advertise_the_type(node: Node) -> None
         assert record is not None
         record.capabilities = {"tools": [], "task_types": types}
         policy.connected(record, 0.0, 1000.0)
-    node.table.get(P3).state = PeerState.GONE  # type: ignore[union-attr]
+    gone = node.table.get(P3)
+    assert gone is not None
+    gone.state = PeerState.GONE
     rpc = NodePeerRpc(node)
     assert sorted(rpc.peers_with_capability("hash")) == sorted([P1, P2])
     assert rpc.peers_with_capability("echo") == [P1] and rpc.peers_with_capability("sleep") == []

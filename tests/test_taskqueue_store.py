@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from p2p_sidecar.errors import StartupError
 from p2p_sidecar.taskqueue.errors import Conflict, NotFound
 from p2p_sidecar.taskqueue.model import IllegalTransition, RetryPolicy, TaskStatus
-from p2p_sidecar.taskqueue.records import Ended, NewTask, Placement, PlacementKind, Progress, Report
+from p2p_sidecar.taskqueue.records import Ended, Lease, NewTask, Placement, PlacementKind, Progress, Report
 from p2p_sidecar.taskqueue.store import TaskStore
 
 NOW = 1_000_000.0
 
 
-def new(task_id: str, priority: float = 1.0, **kwargs: object) -> NewTask:
-    fields: dict[str, object] = {
+def new(task_id: str, priority: float = 1.0, **kwargs: Any) -> NewTask:
+    fields: dict[str, Any] = {
         "task_type": "echo",
         "payload": {"n": task_id},
         "priority": priority,
@@ -26,7 +28,7 @@ def new(task_id: str, priority: float = 1.0, **kwargs: object) -> NewTask:
         "policy": RetryPolicy(max_attempts=2, backoff_s=5.0),
     }
     fields.update(kwargs)
-    return NewTask(task_id=task_id, **fields)  # type: ignore[arg-type]
+    return NewTask(task_id=task_id, **fields)
 
 
 @pytest.fixture
@@ -35,14 +37,14 @@ def ended() -> list[Ended]:
 
 
 @pytest.fixture
-def store(tmp_path: Path, ended: list[Ended]) -> TaskStore:
+def store(tmp_path: Path, ended: list[Ended]) -> Iterator[TaskStore]:
     opened = TaskStore.open(tmp_path / "queue.db", max_result_bytes=200)
     opened.on_ended = ended.extend
     yield opened
     opened.close()
 
 
-def claim(store: TaskStore, n: int = 10, *, peer: str | None = None, boot: str = "b1", now: float = NOW) -> list:
+def claim(store: TaskStore, n: int = 10, *, peer: str | None = None, boot: str = "b1", now: float = NOW) -> list[Lease]:
     return store.claim(types=["echo"], limit=n, worker="w", peer=peer, boot=boot, lease_s=10.0, now=now)
 
 

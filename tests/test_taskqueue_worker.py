@@ -18,7 +18,7 @@ from p2p_sidecar.taskqueue.executors import ExecutorRegistry, TaskContext, run_e
 from p2p_sidecar.taskqueue.model import LeaseAnswer, Verdict
 from p2p_sidecar.taskqueue.records import Lease, Progress, Report
 from p2p_sidecar.taskqueue.sync import Broadcast
-from p2p_sidecar.taskqueue.worker import Worker, WorkerConfig, WorkerSpec
+from p2p_sidecar.taskqueue.worker import Source, Worker, WorkerConfig, WorkerSpec
 
 
 class FakeSource:
@@ -70,7 +70,7 @@ class FakeSource:
 class FakeFeed:
     def __init__(self, local: FakeSource) -> None:
         self.news = Broadcast()
-        self.local = local
+        self.local: Source = local  # the Feed protocol's attribute (invariant: the protocol's type)
         self.remote: list[tuple[FakeSource, list[str], int]] = []
         self.outcomes: list[tuple[str | None, int, int]] = []
         self.unreachable_owners: list[str | None] = []

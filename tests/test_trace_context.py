@@ -44,10 +44,12 @@ def test_the_peer_request_carries_a_traceparent_and_older_requests_still_decode(
     assert set(msgpack.unpackb(body)) == {"v", "k", "id", "op", "a", "t", "tp"}
     untraced = wire.encode(wire.Request(8, "ping", {}, 1.0), 1 << 20)[wire.HEADER.size :]
     assert "tp" not in msgpack.unpackb(untraced)  # background traffic carries nothing extra
-    assert wire.decode(untraced).traceparent is None
+    decoded = wire.decode(untraced)
+    assert isinstance(decoded, wire.Request) and decoded.traceparent is None
     for bad in (3, "", "y" * 300, [1]):
         raw = msgpack.packb({"v": 1, "k": "req", "id": 9, "op": "ping", "a": {}, "t": 100, "tp": bad})
-        assert wire.decode(raw).traceparent is None
+        decoded = wire.decode(raw)
+        assert isinstance(decoded, wire.Request) and decoded.traceparent is None
 
 
 def test_parent_from_accepts_only_valid_w3c_trace_context() -> None:

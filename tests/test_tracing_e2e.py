@@ -130,9 +130,10 @@ def test_every_process_logs_the_call_with_trace_and_call_id(traced: dict[str, Pe
             found = wait_for(lambda proc=proc: call_ids(proc.log_path), 10, 0.2, what=f"{proc.name} logging the call")
             assert "-" not in found, f"{proc.name} logged a line of the call without a call id"
     # gateway A and sidecar A know the call by the same id; gateway B's id for it starts with sidecar B's
-    assert call_ids(a.gateway.log_path) & call_ids(a.sidecar.log_path)  # type: ignore[union-attr]
+    assert a.gateway is not None and b.gateway is not None
+    assert call_ids(a.gateway.log_path) & call_ids(a.sidecar.log_path)
     b_sidecar = call_ids(b.sidecar.log_path)
-    assert all(any(g.startswith(f"{s}>") for s in b_sidecar) for g in call_ids(b.gateway.log_path)), b_sidecar  # type: ignore[union-attr]
+    assert all(any(g.startswith(f"{s}>") for s in b_sidecar) for g in call_ids(b.gateway.log_path)), b_sidecar
 
 
 def test_with_export_off_the_callers_trace_still_reaches_every_process(tmp_path: Path) -> None:
@@ -164,8 +165,11 @@ def test_a_task_run_on_another_peer_is_in_the_trace_that_submitted_it(
     assert status == 200, body
     task_id = body["result"]["task_id"]
 
+    assert a.gateway is not None
+    gateway_url = a.gateway.extra["url"]
+
     def done() -> bool:
-        _, view = http_json("POST", f"{a.gateway.extra['url']}/tools/execute/task_status", {"task_id": task_id})
+        _, view = http_json("POST", f"{gateway_url}/tools/execute/task_status", {"task_id": task_id})
         return view["result"]["status"] == "completed"
 
     wait_for(done, 30, 0.2, what="the task completed on b")

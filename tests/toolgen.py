@@ -13,6 +13,10 @@ syntax error, a signature without a JSON schema).
 
 ``generate(path)`` returns a ``Manifest`` of every tool the collection must
 produce, used by the tests and by ``bench/collection_startup.py``.
+
+"The seed" is the plan this project comes from: ipfs_datasets_py's MCP server (its tools in
+``tools/<category>/<tool>.py``) gaining P2P capabilities. Its users' tools, tool names, arguments and REST paths are
+the surface this project stays compatible with.
 """
 
 from __future__ import annotations

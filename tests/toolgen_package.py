@@ -23,6 +23,10 @@ server serves it:
   run a package installer at import and at call time.
 
 The returned ``PackageManifest`` says what each selection rule must list.
+
+"The seed" is the plan this project comes from: ipfs_datasets_py's MCP server (its tools in
+``tools/<category>/<tool>.py``) gaining P2P capabilities. Its users' tools, tool names, arguments and REST paths are
+the surface this project stays compatible with.
 """
 
 from __future__ import annotations

@@ -96,7 +96,7 @@ async def _mcp_session(url: str, token: str, mode: str, message: str) -> dict[st
     headers = {"Authorization": f"Bearer {token}"}
     async with (
         httpx2.AsyncClient(headers=headers, timeout=30) as http,
-        Client(streamable_http_client(url, http_client=http), mode=mode) as client,  # type: ignore[arg-type]
+        Client(streamable_http_client(url, http_client=http), mode=mode) as client,
     ):
         names = {tool.name for tool in (await client.list_tools()).tools}
         echo = await client.call_tool("p2p_echo", {"message": message})

@@ -29,7 +29,9 @@ def manifests() -> dict[str, dict[str, Any]]:
     return docs
 
 
-def as_podman_pod(docs: dict[str, dict[str, Any]], suffix: str) -> tuple[dict[str, Any], dict[str, Any], dict]:
+def as_podman_pod(
+    docs: dict[str, dict[str, Any]], suffix: str
+) -> tuple[dict[str, Any], dict[str, Any], dict[int, int]]:
     """The StatefulSet's pod, in the form ``podman kube play`` (4.3) takes.  Only what it cannot take changes:
 
     * StatefulSet -> its pod template as a Pod (kube play knows Pods and Deployments only);

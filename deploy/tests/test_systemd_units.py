@@ -177,7 +177,9 @@ def units(tmp_path: Path) -> Iterator[tuple[Systemd, Unit, Unit, dict[str, Any]]
         manager.close()
 
 
-def test_units_start_in_order_serve_an_mcp_call_and_stop_cleanly(units: tuple[Systemd, Unit, Unit, dict]) -> None:
+def test_units_start_in_order_serve_an_mcp_call_and_stop_cleanly(
+    units: tuple[Systemd, Unit, Unit, dict[str, Any]],
+) -> None:
     manager, sidecar, gateway, ports = units
     assert "mcp-p2p-sidecar.service" in " ".join(gateway.get("After"))  # so the sidecar goes first
     started = time.monotonic()
@@ -202,7 +204,9 @@ def test_units_start_in_order_serve_an_mcp_call_and_stop_cleanly(units: tuple[Sy
         manager.wait_notify(unit, "STOPPING=1", 1)
 
 
-def test_gateway_stays_up_and_unready_while_the_sidecar_is_down(units: tuple[Systemd, Unit, Unit, dict]) -> None:
+def test_gateway_stays_up_and_unready_while_the_sidecar_is_down(
+    units: tuple[Systemd, Unit, Unit, dict[str, Any]],
+) -> None:
     # Wants=, not Requires=/BindsTo=: losing the sidecar does not stop the gateway; Restart=on-failure
     # brings the sidecar back, and the gateway reconnects by itself.
     manager, sidecar, gateway, ports = units
@@ -225,7 +229,7 @@ def test_gateway_stays_up_and_unready_while_the_sidecar_is_down(units: tuple[Sys
 
 
 def test_a_second_host_joins_the_closed_network_with_the_lines_join_prints(
-    units: tuple[Systemd, Unit, Unit, dict], tmp_path: Path
+    units: tuple[Systemd, Unit, Unit, dict[str, Any]], tmp_path: Path
 ) -> None:
     # Host 1 as installed: no secret configured, so its sidecar makes one on first start. Host 2 (here a second
     # set of processes with ports of its own) gets the two lines `python -m p2p_sidecar join` prints on host 1,

@@ -8,6 +8,10 @@ prefix.  Collection modules are imported as the seed's manager imported them: a
 category listing imports that category's modules, a schema or a dispatch only
 the module holding the tool, and only counting tools needs the whole
 collection (the schema cache spares all of these imports where it can).
+
+"The seed" is the plan this project comes from: ipfs_datasets_py's MCP server (its tools in
+``tools/<category>/<tool>.py``) gaining P2P capabilities. Its users' tools, tool names, arguments and REST paths are
+the surface this project stays compatible with.
 """
 
 from __future__ import annotations

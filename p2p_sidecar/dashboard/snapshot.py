@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import trio
 
@@ -52,18 +52,21 @@ class SidecarParts(Protocol):
     ready: bool
 
 
+T = TypeVar("T")
+
+
 @dataclass
-class _Cached:
+class _Cached(Generic[T]):
     at: float
-    value: Any
+    value: T
 
 
 class DashboardData:
     def __init__(self, sidecar: SidecarParts, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._sidecar = sidecar
         self._clock = clock
-        self._snapshot: _Cached | None = None
-        self._completed_by_peer: _Cached | None = None
+        self._snapshot: _Cached[dict[str, Any]] | None = None
+        self._completed_by_peer: _Cached[dict[str | None, int]] | None = None
 
     def snapshot(self, max_age: float = 0.25) -> dict[str, Any]:
         now = self._clock()

@@ -176,11 +176,3 @@ def advertised_addrs(listening: Iterable[str]) -> list[str]:
         else:
             result.append(str(addr))
     return list(dict.fromkeys(result))
-
-
-def is_loopback_addr(text: str) -> bool:
-    addr = parse_multiaddr(text)
-    names = protocol_names(addr)
-    if not names or names[0] not in ("ip4", "ip6"):
-        return False
-    return ipaddress.ip_address(addr.value_for_protocol(names[0])).is_loopback

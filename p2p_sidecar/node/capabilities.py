@@ -37,9 +37,6 @@ class Capabilities:
     def add_task_types(self, names: Iterable[str]) -> None:
         self._task_types.update(names)
 
-    def remove_task_types(self, names: Iterable[str]) -> None:
-        self._task_types.difference_update(names)
-
     def served_tools(self) -> list[str]:
         return sorted(self._allowed.intersection(self._gateway_tools()))
 

@@ -133,6 +133,7 @@ class Node:
             frame_timeout=settings.p2p_frame_timeout,
             introduced=self._introduced,
         )
+        metrics.bind_streams(lambda: self.rpc.open_streams)
         self.client = RpcClient(
             self._open_stream,
             max_bytes=settings.p2p_max_message_bytes,
@@ -463,10 +464,15 @@ class Node:
                 await self.call(peer_id, "ping", {}, timeout=timeout)  # dials a known peer that is not connected
             for _ in range(count):
                 rtt = await self.ping_once(peer_id, max(0.001, scope.deadline - trio.current_time()))
-                rtts.append(rtt)
                 record = self.table.get(peer_id)
                 if record is not None:
                     self.policy.pinged(record, trio.current_time(), time.time(), rtt)
+                if rtt is None:  # alive, but it answers no ping we speak: there is no round trip to time
+                    raise BridgeError(
+                        ErrorCode.UNAVAILABLE,
+                        f"peer {peer_id} is connected but answers neither our protocol nor libp2p's ping",
+                    )
+                rtts.append(rtt)
         if not rtts:
             raise BridgeError(ErrorCode.TIMEOUT, f"peer {peer_id} did not answer a ping within {timeout:.3g}s")
         return rtts
@@ -489,7 +495,7 @@ class Node:
                         ErrorCode.UNAVAILABLE, f"cannot connect to {record.peer_id}: none of its addresses resolves"
                     )
                 host.get_peerstore().add_addrs(peer, addrs, int(max(3600, 4 * self.settings.peer_gone_timeout)))
-                host.get_network().unblock_peer(peer)  # py-libp2p blocks re-dials for 60 s after a failure
+                libp2p_host.unblock_peer(host, peer)
                 try:
                     await host.connect(PeerInfo(peer, addrs))
                 except trio.Cancelled:
@@ -783,7 +789,7 @@ def read_bootstrap_file(path: Path) -> tuple[list[PeerAddr], list[int]]:
 
 def _describe(exc: BaseException) -> str:
     """A one-line reason from py-libp2p's nested exceptions (the useful part is often the cause)."""
-    parts = []
+    parts: list[str] = []
     current: BaseException | None = exc
     while current is not None and len(parts) < 3:
         text = str(current).strip()

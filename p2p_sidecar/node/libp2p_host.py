@@ -28,6 +28,7 @@ from libp2p.host.basic_host import BasicHost
 from libp2p.host.ping import ID as PING_PROTOCOL
 from libp2p.host.ping import PING_LENGTH
 from libp2p.network.config import LOW_WATERMARK, ConnectionConfig, RetryConfig
+from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
 from libp2p.protocol_muxer.exceptions import MultiselectClientError
 from libp2p.rcmgr import new_resource_manager
@@ -179,6 +180,20 @@ def protocol_refused(exc: BaseException) -> bool:
     return False
 
 
+def swarm_of(host: BasicHost) -> Swarm:
+    """The host's network as the class ``new_swarm`` builds: ``INetworkService`` declares neither its transport
+    manager, its upgrader nor ``unblock_peer``, which the node needs."""
+    network = host.get_network()
+    if not isinstance(network, Swarm):
+        raise TypeError(f"py-libp2p host built on {type(network).__name__}, not the Swarm this node expects")
+    return network
+
+
+def unblock_peer(host: BasicHost, peer: ID) -> None:
+    """Allow dialling ``peer`` now: py-libp2p blocks re-dials for 60 s after a failure."""
+    swarm_of(host).unblock_peer(peer)
+
+
 def connected(host: BasicHost, peer_id: str) -> bool:
     """Whether py-libp2p has an open connection to the peer (it may list a dead one for a while)."""
     try:
@@ -261,16 +276,18 @@ async def learn_peer_id(host: BasicHost, addr: multiaddr.Multiaddr) -> str:
     that completed the handshake, not a claim.  The connection is closed at once; the
     node then dials that peer the ordinary way.
     """
-    swarm = host.get_network()
+    swarm = swarm_of(host)
     resolved = await resolve_names([addr])
     if not resolved:
         raise OSError(f"{addr}: the name does not resolve")
-    transport = swarm.transport_manager.transport_for_dialing(resolved[0])  # type: ignore[attr-defined]
+    transport = swarm.transport_manager.transport_for_dialing(resolved[0])
     if transport is None:
         raise ValueError(f"no transport can dial {addr}")
     raw = await transport.dial(resolved[0])
     try:
-        secured = await swarm.upgrader.security_multistream.secure_outbound(raw, None)  # type: ignore[attr-defined]
+        # None on purpose (see above): py-libp2p annotates an ID, but its Noise handshake takes None as
+        # "whoever answers" and returns the key that completed it
+        secured = await swarm.upgrader.security_multistream.secure_outbound(raw, None)  # type: ignore[arg-type]
         try:
             return str(secured.get_remote_peer())
         finally:
@@ -307,7 +324,9 @@ async def resolve_names(addrs: list[multiaddr.Multiaddr]) -> list[multiaddr.Mult
         rest = "/" + "/".join(parts[4:]) if len(parts) > 4 else ""
         for family, _, _, _, sockaddr in infos:
             kind = "ip4" if family == socket.AF_INET else "ip6"
-            text = f"/{kind}/{sockaddr[0]}/tcp/{sockaddr[1]}{rest}"
+            # typeshed allows a (int, bytes) address for other families; AF_INET/AF_INET6 give (text, port, ...)
+            ip, port = str(sockaddr[0]), int(sockaddr[1])
+            text = f"/{kind}/{ip}/tcp/{port}{rest}"
             if multiaddr.Multiaddr(text) not in result:
                 result.append(multiaddr.Multiaddr(text))
     return result

@@ -48,7 +48,6 @@ class HeapTrimmer:
         self._budget = budget
         self._min_released = min_released
         self._trim = _malloc_trim()
-        self.trims = 0
 
     def check(self) -> bool:
         """Trim if enough was held since the last trim and is free now; returns whether it trimmed."""
@@ -56,7 +55,6 @@ class HeapTrimmer:
         if self._trim is None or self._budget.high_water - held < self._min_released:
             return False
         self._trim(0)
-        self.trims += 1
         self._budget.high_water = held
         return True
 

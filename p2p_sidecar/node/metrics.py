@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from p2p_sidecar.node.budget import PartialFrameBudget
@@ -48,15 +51,24 @@ class NodeMetrics:
             registry=registry,
         )
         self.peers = Gauge("sidecar_p2p_peers", "Peers known to this node, by state.", ["state"], registry=registry)
+        self.inbound_streams = Gauge(
+            "sidecar_p2p_inbound_streams",
+            "Inbound streams of our protocol open now, all peers (each bounded by "
+            "SIDECAR_P2P_MAX_INBOUND_STREAMS_PER_PEER).",
+            registry=registry,
+        )
         self.partial_bytes = Gauge(
             "sidecar_p2p_partial_frame_bytes",
             "Bytes of unfinished peer-protocol messages held now (bounded by SIDECAR_P2P_MAX_PARTIAL_BYTES).",
             registry=registry,
         )
 
+    def bind_streams(self, open_streams: Callable[[], int]) -> None:
+        self.inbound_streams.set_function(open_streams)
+
     def bind_budget(self, budget: PartialFrameBudget) -> None:
         self.partial_bytes.set_function(lambda: budget.held)
 
     def bind_table(self, table: PeerTable) -> None:
         for state in PeerState:
-            self.peers.labels(state.value).set_function(lambda state=state: table.count(state))
+            self.peers.labels(state.value).set_function(partial(table.count, state))

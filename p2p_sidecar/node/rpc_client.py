@@ -84,10 +84,6 @@ class RpcClient:
         if pool is not None and pool.active:
             await pool.quiet.wait()
 
-    def pooled_streams(self, peer_id: str) -> int:
-        pool = self._pools.get(peer_id)
-        return len(pool.idle) if pool else 0
-
     async def drop(self, peer_id: str) -> None:
         """Forget every pooled stream to a peer (it went away, or we hung up)."""
         pool = self._pools.pop(peer_id, None)

@@ -93,6 +93,11 @@ class RpcServer:
         self._ops[op] = handler
 
     @property
+    def open_streams(self) -> int:
+        """Inbound streams of our protocol open now, all peers together."""
+        return sum(self._streams.values())
+
+    @property
     def ops(self) -> list[str]:
         return sorted(self._ops)
 
@@ -169,7 +174,7 @@ class RpcServer:
             raise WireError("bad_field", "a reply arrived on a stream we serve", message.id)
         refusal = self._refusal(framed.peer_id, message)
         if refusal is not None:
-            self._metrics.requests.labels("in", self._op_label(message.op), refusal.error.code.value).inc()  # type: ignore[union-attr]
+            self._metrics.requests.labels("in", self._op_label(message.op), refusal.outcome).inc()
             nursery.start_soon(self._send, framed, lock, refusal)
             return
         self.in_flight += 1
@@ -225,8 +230,7 @@ class RpcServer:
             reply = error_reply(request.id, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
         finally:
             self.in_flight -= 1
-        outcome = "ok" if reply.ok else reply.error.code.value  # type: ignore[union-attr]
-        self._metrics.requests.labels("in", request.op, outcome).inc()
+        self._metrics.requests.labels("in", request.op, reply.outcome).inc()
         self._metrics.request_seconds.labels("in").observe(time.perf_counter() - started)
         await self._send(framed, lock, reply)
 

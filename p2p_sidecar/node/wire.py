@@ -77,6 +77,11 @@ class Reply:
     def ok(self) -> bool:
         return self.error is None
 
+    @property
+    def outcome(self) -> str:
+        """The metrics label: ``ok``, or the error's code."""
+        return "ok" if self.error is None else self.error.code.value
+
 
 Message = Request | Reply
 
@@ -99,7 +104,7 @@ def encode(message: Message, max_bytes: int) -> bytes:
     Raises ``TypeError`` if a value cannot be packed and ``WireError("too_large")``
     if the body would exceed ``max_bytes``: the sender learns before the peer does.
     """
-    body = msgpack.packb(_body(message), use_bin_type=True)
+    body: bytes = msgpack.packb(_body(message), use_bin_type=True)
     if len(body) > max_bytes:
         raise WireError("too_large", f"message of {len(body)} bytes exceeds the limit of {max_bytes}", message.id)
     return HEADER.pack(len(body)) + body

@@ -39,6 +39,8 @@ from shared_schema.progress import Progress, Sink
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "mcp_p2p.task_executors"
+TEST_ENTRY_POINT_GROUP = "mcp_p2p.test_task_executors"
+"""Test aids (``fail``): loaded only when asked for (``SIDECAR_WORKER_TEST_TASK_TYPES``), never by default."""
 THREAD_THRESHOLD_BYTES = 64 * 1024
 """Hashing more than this (payload size x iterations) happens in a worker thread."""
 
@@ -97,7 +99,7 @@ def _object(payload: Any, task_type: str) -> dict[str, Any]:
 
 def with_validator(check: Callable[[Any], None]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     def attach(fn: Callable[..., Any]) -> Callable[..., Any]:
-        fn.validate = check  # type: ignore[attr-defined]
+        fn.__dict__["validate"] = check  # the attribute ExecutorRegistry.validate looks for
         return fn
 
     return attach
@@ -234,7 +236,8 @@ def _check_fail(payload: Any) -> None:
 
 @with_validator(_check_fail)
 async def run_fail(payload: Any, context: TaskContext) -> Any:
-    """A test aid: fails its first ``fail_times`` attempts (default: always), then returns ``{attempt, result}``.
+    """A test aid, loaded only with ``SIDECAR_WORKER_TEST_TASK_TYPES=true``: fails its first ``fail_times``
+    attempts (default: always), then returns ``{attempt, result}``.
 
     ``message`` sets the failure's text and ``retryable: false`` makes it final,
     so retries, backoff and failure reporting can be exercised on purpose.
@@ -253,15 +256,17 @@ class ExecutorRegistry:
         self._executors = dict(sorted(executors.items()))
 
     @classmethod
-    def discover(cls, allow: Iterable[str] = ()) -> ExecutorRegistry:
-        """Load every executor of the entry point group; with ``allow``, only those types.
+    def discover(cls, allow: Iterable[str] = (), *, test_aids: bool = False) -> ExecutorRegistry:
+        """Load every executor of the entry point group; with ``allow``, only those types; with ``test_aids``,
+        the test aid group's too (``fail``, which a production node must not advertise to its peers).
 
         A plugin that fails to import is logged and skipped: one broken
         package must not take the sidecar (and every other task type) down.
         """
         wanted = set(allow)
         found: dict[str, Executor] = {}
-        for point in entry_points(group=ENTRY_POINT_GROUP):
+        groups = [ENTRY_POINT_GROUP, TEST_ENTRY_POINT_GROUP] if test_aids else [ENTRY_POINT_GROUP]
+        for point in (point for group in groups for point in entry_points(group=group)):
             if wanted and point.name not in wanted:
                 continue
             if point.name in found:

@@ -115,7 +115,8 @@ class Lending:
     async def op_claim(self, peer: str, body: dict[str, Any]) -> dict[str, Any]:
         claim = Claim.from_wire(body)
         self._check_boot(peer, claim.boot)
-        answered = self._answered.get(peer, {}).get(claim.claim_id or "")
+        earlier = self._answered.get(peer)
+        answered = earlier.get(claim.claim_id or "") if earlier is not None else None
         if answered is not None:  # the worker did not get our answer: the same leases, once more
             self.counters["claims_answered_again"] += 1
             again = self._owner.store.held(answered, peer=peer)

@@ -123,7 +123,7 @@ class PeerSource:
         batch, self._pending = self._pending[:count], self._pending[count:]
         self._flushing = True
         try:
-            body = {"reports": [report_to_wire(report) for report, _ in batch]}
+            body: dict[str, Any] = {"reports": [report_to_wire(report) for report, _ in batch]}
             body["free"] = dict(self._free_slots(()))
             reply = await self._request(OP_COMPLETE, body)
             for (_, slot), verdict in zip(batch, verdicts_from_wire(reply, len(batch)), strict=True):

@@ -223,7 +223,7 @@ class WorkerPool:
     # -- Feed: where workers find work ------------------------------------------------------------------------------
     def owners(self, capabilities: Sequence[str]) -> list[tuple[Source, list[str], int]]:
         now = trio.current_time()
-        found = []
+        found: list[tuple[Source, list[str], int]] = []
         for owner, hinted in sorted(self._hinted.items(), key=lambda item: item[1].since):
             if hinted.expires < now:
                 del self._hinted[owner]

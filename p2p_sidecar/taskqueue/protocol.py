@@ -282,21 +282,23 @@ def lease_to_wire(lease: Lease) -> dict[str, Any]:
     return wire
 
 
+def _finite(raw: dict[str, Any], name: str, default: float | None) -> float:
+    value = raw.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise BadRequest(f"lease {name} must be a finite number")
+    return float(value)
+
+
 def lease_from_wire(raw: Any) -> Lease:
     if not isinstance(raw, dict):
         raise BadRequest("each lease must be an object")
-    timeout = raw.get("timeout_s")
-    priority = raw.get("priority", 0.0)
-    for name, value in (("timeout_s", timeout), ("priority", priority)):
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise BadRequest(f"lease {name} must be a finite number")
     return Lease(
         task_id=_str(raw, "task_id"),
         attempt=_int(raw, "attempt", 1, 1 << 31),
         task_type=_str(raw, "task_type"),
         payload=raw.get("payload"),
-        timeout_s=float(timeout),  # type: ignore[arg-type]  # checked just above
-        priority=float(priority),
+        timeout_s=_finite(raw, "timeout_s", None),
+        priority=_finite(raw, "priority", 0.0),
         traceparent=clean_traceparent(raw.get("tp")),
         submitted_at=_advice_time(raw.get("submitted_at")),
     )
@@ -389,7 +391,7 @@ def report_from_wire(raw: Any) -> Report:
     attempt = _int(raw, "attempt", 1, 1 << 31)
     if raw.get("ok") is True:
         return Report(task_id, attempt, ok=True, result=raw.get("result"))
-    error = raw.get("error") if isinstance(raw.get("error"), dict) else {}
+    error: dict[str, Any] = raw["error"] if isinstance(raw.get("error"), dict) else {}
     return Report(
         task_id,
         attempt,

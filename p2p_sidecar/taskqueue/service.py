@@ -64,7 +64,9 @@ class QueueService:
         self.boot = uuid.uuid4().hex[:16]
         self.local_peer = rpc.local_peer_id if rpc is not None else None
         self.owner = LeaseOwner(store, lease_s=settings.queue_lease_seconds, boot=self.boot, clock=clock)
-        self.executors = executors or ExecutorRegistry.discover(settings.worker_task_types)
+        self.executors = executors or ExecutorRegistry.discover(
+            settings.worker_task_types, test_aids=settings.worker_test_task_types
+        )
         batch_bytes = batch_budget(settings.p2p_max_message_bytes)
         config = WorkerConfig(
             lease_s=settings.queue_lease_seconds,

@@ -23,7 +23,7 @@ from shared_schema import tracing
 
 def attempt_context(lease: Lease, owner: str | None) -> tracing.served:
     """Enter around an executor's run (``with attempt_context(lease, owner): ...``)."""
-    attributes = None
+    attributes: dict[str, str | int] | None = None
     if tracing.enabled():
         attributes = {
             "mcp_p2p.task.id": lease.task_id,

@@ -29,6 +29,7 @@ Status decisions come from ``model`` (pure); this module only persists them.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import dataclasses
 import functools
@@ -376,7 +377,8 @@ class TaskStore:
         offset: int = 0,
     ) -> list[TaskRecord]:
         """Newest first.  ``worker`` matches a worker id or the peer id of the node that ran the task."""
-        clauses, params = [], []
+        clauses: builtins.list[str] = []
+        params: builtins.list[Any] = []
         wanted = [str(status) for status in statuses]
         if wanted:
             clauses.append(f"status IN ({','.join('?' * len(wanted))})")
@@ -550,7 +552,7 @@ class TaskStore:
         lease_s: float,
         now: float,
         max_bytes: int | None = None,
-    ) -> list[Lease]:
+    ) -> builtins.list[Lease]:
         """Lease up to ``limit`` claimable tasks of ``types``, highest priority first.
 
         ``peer`` None is one of this node's own workers: it may take tasks
@@ -610,7 +612,7 @@ class TaskStore:
             for row in rows
         ]
 
-    def held(self, keys: Iterable[tuple[str, int]], *, peer: str | None) -> list[Lease]:
+    def held(self, keys: Iterable[tuple[str, int]], *, peer: str | None) -> builtins.list[Lease]:
         """The leases among ``keys`` that ``peer`` still holds (a claim answered again)."""
         peer_clause = "worker_peer IS ?" if peer is None else "worker_peer = ?"
         found = []
@@ -661,7 +663,7 @@ class TaskStore:
                 stored += cursor.rowcount
         return stored
 
-    def finish(self, reports: Iterable[Report], *, peer: str | None, now: float) -> list[Verdict]:
+    def finish(self, reports: Iterable[Report], *, peer: str | None, now: float) -> builtins.list[Verdict]:
         """Record results and failures of leased attempts; one verdict per report (see ``model.Verdict``)."""
         verdicts = []
         with self.transaction():
@@ -785,7 +787,7 @@ class TaskStore:
         ).fetchall()
         return self._lose([_Held.of(row) for row in rows], now, why)
 
-    def _lose(self, records: list[_Held], now: float, why: str) -> int:
+    def _lose(self, records: builtins.list[_Held], now: float, why: str) -> int:
         if not records:
             return 0
         with self.transaction():
@@ -884,5 +886,5 @@ class TaskStore:
         with self.transaction():
             self.db.execute("DELETE FROM workers WHERE worker_id = ?", (worker_id,))
 
-    def saved_workers(self) -> list[dict[str, Any]]:
+    def saved_workers(self) -> builtins.list[dict[str, Any]]:
         return [json.loads(row[0]) for row in self.db.execute("SELECT spec FROM workers ORDER BY rowid")]

@@ -272,9 +272,9 @@ def register_queue_tools(catalog: ToolCatalog, queue: QueueService) -> None:
         return worker.describe(include_tasks=include_tasks, include_metrics=include_metrics)
 
     catalog.add(task_submit, category="taskqueue", annotations={"idempotentHint": True, "openWorldHint": False})
-    for fn in (task_status, task_list, task_result, queue_stats, worker_status):
-        catalog.add(fn, category="taskqueue", annotations=READ_ONLY)
+    for reader in (task_status, task_list, task_result, queue_stats, worker_status):
+        catalog.add(reader, category="taskqueue", annotations=READ_ONLY)
     catalog.add(task_wait, category="taskqueue", timeout_seconds=300.0, annotations=READ_ONLY)
     catalog.add(worker_unregister, category="taskqueue", timeout_seconds=300.0)
-    for fn in (task_cancel, task_priority, queue_pause, queue_resume, queue_clear, task_retry, worker_register):
-        catalog.add(fn, category="taskqueue")
+    for writer in (task_cancel, task_priority, queue_pause, queue_resume, queue_clear, task_retry, worker_register):
+        catalog.add(writer, category="taskqueue")

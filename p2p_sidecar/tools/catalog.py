@@ -69,10 +69,6 @@ class ToolCatalog:
             self._changed()
         return taken
 
-    def add_all(self, fns: Iterable[Callable[..., Any]], *, category: str, **kwargs: Any) -> None:
-        for fn in fns:
-            self.add(fn, category=category, **kwargs)
-
     def get(self, name: str) -> FunctionTool | None:
         return self._tools.get(name)
 

@@ -17,6 +17,10 @@ opens, so a gateway never sees a catalog without them.  Sync tools run in a
 worker thread; ``async def`` tools written for asyncio run in a worker thread
 on their own asyncio loop per call (``shared_schema.compat.flavour``); Trio and
 anyio ones run on the sidecar's loop.
+
+"The seed" is the plan this project comes from: ipfs_datasets_py's MCP server (its tools in
+``tools/<category>/<tool>.py``) gaining P2P capabilities. Its users' tools, tool names, arguments and REST paths are
+the surface this project stays compatible with.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ of is an ordinary answer (``known: false``), not an error.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 import trio
@@ -29,7 +30,7 @@ MAX_TOOL_SECONDS = 310.0
 """Catalog timeout of tools that take a ``timeout`` argument: above its upper bound, so theirs fires first."""
 
 
-def as_list(value: str | list[str] | None) -> list[str]:
+def as_list(value: str | Sequence[str] | None) -> list[str]:
     if value is None:
         return []
     return [value] if isinstance(value, str) else list(value)

@@ -7,6 +7,10 @@ loop it was written for, ``cache`` remembers schemas across restarts, and
 ``collection`` ties them into lazily imported modules.  The gateway and the
 sidecar each add their own glue (``gateway/collection.py``,
 ``p2p_sidecar/tools/collection.py``).
+
+"The seed" is the plan this project comes from: ipfs_datasets_py's MCP server (its tools in
+``tools/<category>/<tool>.py``) gaining P2P capabilities. Its users' tools, tool names, arguments and REST paths are
+the surface this project stays compatible with.
 """
 
 from shared_schema.compat.cache import SchemaCache

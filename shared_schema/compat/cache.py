@@ -90,7 +90,8 @@ class SchemaCache:
         if not isinstance(raw, dict) or raw.get("header") != self._header or not isinstance(raw.get("modules"), dict):
             log.info("tool schema cache %s is from another version; starting empty", self.path)
             return {}
-        return raw["modules"]
+        modules: dict[str, dict[str, Any]] = raw["modules"]
+        return modules
 
     def lookup(self, source: ModuleSource) -> tuple[ToolSpec, ...] | None:
         """The module's cached specs if its fingerprint still matches, else None."""

@@ -55,7 +55,7 @@ def unavailable_tool(name: str, category: str, reason: str) -> FunctionTool:
     async def unavailable(**_arguments: Any) -> Any:
         raise BridgeError(ErrorCode.TOOL_UNAVAILABLE, f"tool {name!r} is unavailable: {reason}")
 
-    unavailable.unavailable_reason = reason  # type: ignore[attr-defined]
+    unavailable.__dict__["unavailable_reason"] = reason  # what is_unavailable looks for
     metadata = ToolMetadata(
         name=name, category=category, runtime="fastapi", mcp_description=f"{UNAVAILABLE_PREFIX}{reason}]"
     )

@@ -17,6 +17,10 @@ Every import goes through ``guard.collection_import`` (no installs, no
 Whatever goes wrong while the module runs (a missing dependency, an
 exception, a syntax error, even ``sys.exit()``) becomes a ``ModuleLoadError``
 carrying the traceback; the caller decides how to report it.
+
+"The seed" is the plan this project comes from: ipfs_datasets_py's MCP server (its tools in
+``tools/<category>/<tool>.py``) gaining P2P capabilities. Its users' tools, tool names, arguments and REST paths are
+the surface this project stays compatible with.
 """
 
 from __future__ import annotations

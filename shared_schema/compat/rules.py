@@ -34,6 +34,10 @@ Runtime (``tool_metadata_for``), the seed's runtime router's order:
 P2P ("trio") tools are forwarded over the bridge to a sidecar that loaded the
 same module.  An explicit ``runtime="fastapi"`` / ``_mcp_runtime = "fastapi"``
 keeps a tool whose name matches a fallback pattern in the gateway.
+
+"The seed" is the plan this project comes from: ipfs_datasets_py's MCP server (its tools in
+``tools/<category>/<tool>.py``) gaining P2P capabilities. Its users' tools, tool names, arguments and REST paths are
+the surface this project stays compatible with.
 """
 
 from __future__ import annotations
@@ -74,7 +78,7 @@ def select_functions(
         return [(source.tool_name, loaded)] if callable(loaded) else []
     if not isinstance(loaded, types.ModuleType):
         return []
-    public = sorted(
+    public: list[tuple[str, Callable[..., Any]]] = sorted(
         (name, obj) for name, obj in vars(loaded).items() if not name.startswith("_") and inspect.isfunction(obj)
     )
     own = [(name, fn) for name, fn in public if fn.__module__ == loaded.__name__]

@@ -14,6 +14,10 @@ be imported as modules anyway).  A category may carry a description in
 ``"bare_names": true`` there names its tools by their function alone instead of
 ``<category>.<function>`` (for clients that call fixed names, such as the MCP
 conformance suite's ``test_simple_text``).
+
+"The seed" is the plan this project comes from: ipfs_datasets_py's MCP server (its tools in
+``tools/<category>/<tool>.py``) gaining P2P capabilities. Its users' tools, tool names, arguments and REST paths are
+the surface this project stays compatible with.
 """
 
 from __future__ import annotations
@@ -149,7 +153,7 @@ def importable_package(chain: list[Path]) -> str | None:
 
 def _context_key(folders: list[Path]) -> str:
     """Sizes and mtimes of the modules beside the collection (what parent-relative imports reach)."""
-    parts = []
+    parts: list[str] = []
     for folder in folders:
         try:
             files = sorted(p for p in folder.iterdir() if p.suffix == ".py" and p.is_file())

@@ -1,0 +1,35 @@
+"""docs/benchmarks.md's prose is generated from the run it reports: the sentences about tails and about what
+limits throughput say what that run measured, and change with it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.report import _bridge_or_not, tail_note
+
+
+def row(face: str, clients: int, local: tuple[float, float, float], p2p: tuple[float, float, float]) -> dict[str, Any]:
+    def side(p50: float, p99: float, rps: float) -> dict[str, float]:
+        return {"p50_ms": p50, "p99_ms": p99, "rps": rps}
+
+    return {"face": face, "clients": clients, "local": side(*local), "p2p": side(*p2p)}
+
+
+def test_the_tail_sentence_is_this_runs_spread_and_only_points_further_when_the_tail_is_wide() -> None:
+    calm = [
+        row("rest", 16, (3.0, 6.0, 4000), (3.0, 7.5, 4100)),
+        row("rest", 64, (12.0, 24.0, 4800), (12.0, 30.0, 4900)),
+    ]
+    note = tail_note(calm)
+    assert note.startswith("At 64 clients p99 was 2.0x to 2.5x p50") and "P2P tool on the rest face" in note
+    assert "tail_check" not in note and "480" not in note
+    stormy = [*calm, row("mcp", 64, (25.0, 600.0, 2400), (25.0, 160.0, 2300))]
+    note = tail_note(stormy)
+    assert "24.0x" in note and "p99 600.00 ms" in note and "tail_check" in note
+
+
+def test_what_limits_throughput_is_said_only_as_far_as_section_1_measured_it() -> None:
+    even = {"bridge_cost": [row("rest", 16, (3.5, 7.0, 4181), (3.5, 7.5, 4224))], "load_cpu_cores": {"gateway": 0.96}}
+    assert "not what limits it" in _bridge_or_not(even) and "0.96 cores" in _bridge_or_not(even)
+    apart = {"bridge_cost": [row("rest", 16, (3.0, 6.0, 6000), (4.0, 8.0, 4000))]}
+    assert "not what limits it" not in _bridge_or_not(apart) and "cores" not in _bridge_or_not(apart)

@@ -1,0 +1,39 @@
+"""A test's own ZeroMQ peer of the bridge: connected only once the handshake is done, not after a nap."""
+
+from __future__ import annotations
+
+import errno
+import time
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+
+def connect_when_ready(sock: zmq.Socket[bytes], endpoint: str, timeout: float = 5.0) -> None:
+    """Connect ``sock`` and return once its ZMTP handshake with ``endpoint`` succeeded (its monitor says so)."""
+    monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+    try:
+        sock.connect(endpoint)
+        if not monitor.poll(int(timeout * 1000)):
+            raise TimeoutError(f"no ZMTP handshake with {endpoint} within {timeout}s")
+        assert recv_monitor_message(monitor)["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED
+    finally:
+        sock.disable_monitor()
+        monitor.close(linger=0)
+
+
+def rebind_router(context: zmq.Context[zmq.Socket[bytes]], port: int, timeout: float = 5.0) -> zmq.Socket[bytes]:
+    """A new ROUTER on the loopback port a closed one held; libzmq releases the port from its I/O thread, a moment
+    after ``close``, so the bind is retried while the address is still in use."""
+    router = context.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            router.bind(f"tcp://127.0.0.1:{port}")
+            return router
+        except zmq.ZMQError as exc:
+            if exc.errno != errno.EADDRINUSE or time.monotonic() > deadline:
+                router.close(linger=0)
+                raise
+            time.sleep(0.01)
