@@ -49,7 +49,7 @@ def bind_tcp(host: str, port: int, *, backlog: int, reuse_port: bool = False) ->
     except socket.gaierror as exc:
         raise ListenError(f"cannot resolve {host!r}: {exc.strerror}") from None
     sockets: list[socket.socket] = []
-    seen: set[tuple[int, str]] = set()
+    seen: set[tuple[int, object]] = set()
     try:
         for family, kind, proto, _name, address in infos:
             if (family, address[0]) in seen:

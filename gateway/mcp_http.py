@@ -145,7 +145,8 @@ class McpFrontDoor:
         self._streaming = streaming
         """Answers 2026-07-28 requests that want progress, when ``manager`` answers with one JSON body."""
         self._on_reject = on_reject
-        self._tags, self._links = workers if workers is not None else (None, None)
+        self._tags: SessionTags | None = workers[0] if workers is not None else None
+        self._links: WorkerLinks | None = workers[1] if workers is not None else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         version: str | None = None

@@ -115,4 +115,4 @@ def merge_worker_metrics(texts: dict[int, str | None]) -> bytes:
     answered = sum(text is not None for text in texts.values())
     workers.add_sample("gateway_workers", {"reported": "yes"}, answered)
     workers.add_sample("gateway_workers", {"reported": "no"}, len(texts) - answered)
-    return generate_latest(_Families([*families.values(), workers]))  # type: ignore[arg-type]
+    return generate_latest(_Families([*families.values(), workers]))

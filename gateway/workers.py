@@ -232,9 +232,9 @@ class WorkerPool:
         deadline = time.monotonic() + self.settings.graceful_shutdown_seconds + STOP_MARGIN
         codes: list[int] = []
         for worker in self.workers:
-            process = worker.process
-            if process is None:
+            if worker.process is None:
                 continue
+            process = worker.process
             try:
                 code = process.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:

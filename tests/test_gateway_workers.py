@@ -390,7 +390,7 @@ def test_sigterm_drains_the_calls_in_flight_on_every_worker_then_exits_0(tmp_pat
             answers = [future.result(timeout=20) for future in slow]
         assert [status for status, _, _ in answers] == [200] * 6, answers
         assert sorted(body["result"]["message"] for _, _, body in answers) == [str(n) for n in range(6)]
-        assert gateway.popen.wait(timeout=20) == 0
+        assert gateway.exit_code(20) == 0
         assert not any(_alive(pid) for pid in pids.values())
         log = gateway.log_path.read_text()
         assert log.count("calls drained") == 2 and "SIGTERM received: stopping 2 workers" in log
@@ -407,7 +407,7 @@ def test_a_worker_that_cannot_start_stops_the_gateway_with_its_exit_code(tmp_pat
         GATEWAY_BRIDGE_CURVE_SERVER_KEY_FILE=str(garbage),
     )
     gateway.start(wait=False)
-    assert gateway.popen.wait(timeout=60) == 1
+    assert gateway.exit_code(60) == 1
     log = gateway.log_path.read_text()
     assert "gateway cannot start:" in log and "before it served: stopping the gateway" in log
 

@@ -8,6 +8,8 @@ time.  These tests hold the cheap versions to the same answers as the expensive 
 from __future__ import annotations
 
 import random
+import time
+import types
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +111,8 @@ def test_advertised_addresses_are_built_again_only_when_the_listeners_change_or_
     node: Node, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clock = [1000.0]
-    monkeypatch.setattr(node_host.time, "monotonic", lambda: clock[0])
+    fake_time = types.SimpleNamespace(monotonic=lambda: clock[0], time=time.time)
+    monkeypatch.setattr(node_host, "time", fake_time)  # the clock advertised_addrs reads, in the node module only
     fake = _CountingHost([f"/ip4/127.0.0.1/tcp/4001/p2p/{node.peer_id}"])
     node.host = fake  # type: ignore[assignment]
     node.listen_addrs = ["/ip4/127.0.0.1/tcp/4001"]
