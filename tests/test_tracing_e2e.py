@@ -73,17 +73,36 @@ def process_of(span: ReceivedSpan, peers: dict[str, Peer]) -> str:
     raise AssertionError(f"span {span.name} from an unknown process {span.service} {span.instance}")
 
 
+def complete_trace(
+    receiver: OtlpReceiver, trace_id: str, caller_span: str, peers: dict[str, Peer], wanted: set[tuple[str, str]]
+) -> list[ReceivedSpan] | None:
+    """The trace's spans once the ``wanted`` (process, name) spans are in and every span hangs under the caller.
+
+    Each process exports on its own schedule and a parent span ends (and is exported)
+    after its children, so "some span from each process arrived" is not yet the whole
+    trace: wait until no received span points at a parent that has not arrived.
+    """
+    spans = receiver.trace(trace_id)
+    ids = {span.span_id for span in spans}
+    if any(span.parent_span_id not in ids and span.parent_span_id != caller_span for span in spans):
+        return None
+    names = {(process_of(span, peers), span.name) for span in spans}
+    return spans if wanted <= names else None
+
+
 def test_a_remote_call_is_one_trace_across_four_processes(traced: dict[str, Peer], receiver: OtlpReceiver) -> None:
     a, b = traced["a"], traced["b"]
     header, trace_id, caller_span = traceparent()
     status, body = remote_call(a, b, header, {"data": "traced"})
     assert status == 200, body
 
-    def whole() -> list[ReceivedSpan] | None:
-        spans = receiver.trace(trace_id)
-        return spans if {process_of(span, traced) for span in spans} >= {"a", "a-gateway", "b", "b-gateway"} else None
-
-    spans = wait_for(whole, 20, 0.2, what="spans of the call from all four processes")
+    wanted = {("b-gateway", "tool hash_content"), ("a-gateway", "bridge call p2p_remote_call_tool")}
+    spans = wait_for(
+        lambda: complete_trace(receiver, trace_id, caller_span, traced, wanted),
+        20,
+        0.2,
+        what="spans of the call from all four processes",
+    )
     by_id = {span.span_id: span for span in spans}
 
     def chain_from(span: ReceivedSpan) -> list[tuple[str, str]]:
@@ -174,16 +193,17 @@ def test_a_task_run_on_another_peer_is_in_the_trace_that_submitted_it(
 
     wait_for(done, 30, 0.2, what="the task completed on b")
 
+    wanted = {
+        ("a-gateway", "bridge call task_submit"),
+        ("a", "tool task_submit"),
+        ("b", "task queued"),
+        ("b", "task tool"),
+        ("b", "bridge call hash_content"),
+        ("b-gateway", "tool hash_content"),
+    }
+
     def whole() -> list[ReceivedSpan] | None:
-        spans = receiver.trace(trace_id)
-        names = {(process_of(span, traced), span.name) for span in spans}
-        wanted = {
-            ("a", "tool task_submit"),
-            ("b", "task queued"),
-            ("b", "task tool"),
-            ("b-gateway", "tool hash_content"),
-        }
-        return spans if wanted <= names else None
+        return complete_trace(receiver, trace_id, caller_span, traced, wanted)
 
     spans = wait_for(whole, 20, 0.2, what="the task's spans in the submitting trace")
     by_name = {(process_of(span, traced), span.name): span for span in spans}
@@ -226,9 +246,14 @@ def test_an_mcp_call_joins_the_trace_of_its_http_request(traced: dict[str, Peer]
     status, answer = http_json("POST", a.gateway.extra["url"] + "/mcp", body, headers=headers)
     assert status == 200 and not answer["result"].get("isError"), answer
 
+    wanted = {
+        ("a-gateway", "tools/call p2p_remote_call_tool"),
+        ("a-gateway", "bridge call p2p_remote_call_tool"),
+        ("b-gateway", "tool echo"),
+    }
+
     def whole() -> list[ReceivedSpan] | None:
-        spans = receiver.trace(trace_id)
-        return spans if any(process_of(s, traced) == "b-gateway" for s in spans) else None
+        return complete_trace(receiver, trace_id, caller_span, traced, wanted)
 
     spans = wait_for(whole, 20, 0.2, what="the MCP call's spans")
     by_id = {span.span_id: span for span in spans}
