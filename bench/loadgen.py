@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 LUA = Path(__file__).with_name("wrk_post.lua")
+UNIQUE_ID = "__WRK_ID__"
+"""Stands for the JSON-RPC id in a body; wrk_post.lua puts a new number there for each request."""
 
 
 def ensure_wrk() -> str:
@@ -56,9 +58,15 @@ def run_wrk(
     headers: dict[str, str] | None = None,
     sessions: list[str] | None = None,
 ) -> LoadResult:
-    """``sessions``: MCP session ids that successive requests take in turn (one per simulated agent)."""
+    """``sessions``: MCP session ids that successive requests take in turn (one per simulated agent).
+
+    With sessions, a JSON-RPC body's ``id`` is replaced per request (``wrk_post.lua``), so no two requests of
+    one session in flight share an id.
+    """
     env = dict(os.environ)
     env["WRK_SESSIONS"] = ",".join(sessions or [])
+    if sessions and "id" in body:
+        body = {**body, "id": UNIQUE_ID}
     env["WRK_BODY"] = json.dumps(body)
     env["WRK_HEADERS"] = "\n".join(f"{k}: {v}" for k, v in (headers or {}).items())
     before = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -42,7 +42,8 @@ from libp2p.peer.peerinfo import info_from_p2p_addr
 
 from p2p_sidecar.node.libp2p_host import batch_window_updates, remove_connect_delay
 from p2p_sidecar.node.wire import PROTOCOL_ID, FrameReader, Reply, Request, decode, encode
-from tests.procs import p2p_network, running_network
+from tests.p2p_client import say_hello
+from tests.procs import TEST_NETWORK_SECRET, p2p_network, running_network
 
 
 def http_series(port: int, tool: str, body: dict[str, Any], calls: int, warmup: int) -> tuple[list[float], list[Any]]:
@@ -98,6 +99,10 @@ def direct_series(target: str, calls: int, warmup: int) -> tuple[list[float], li
         async with host.run([multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):
             info = info_from_p2p_addr(multiaddr.Multiaddr(target))
             await host.connect(info)
+            # The node answers only peers that said hello, and calls only from members of its closed network: a
+            # hello with a proof of the test networks' secret, as a member node would send.
+            opener = lambda: host.new_stream(info.peer_id, [TProtocol(PROTOCOL_ID)])  # noqa: E731
+            await say_hello(opener, str(host.get_id()), str(info.peer_id), TEST_NETWORK_SECRET)
             stream = await host.new_stream(info.peer_id, [TProtocol(PROTOCOL_ID)])
             reader = FrameReader(4 * 1024 * 1024)
             pending: list[bytes] = []
@@ -113,8 +118,6 @@ def direct_series(target: str, calls: int, warmup: int) -> tuple[list[float], li
                 return reply.result
 
             series: dict[str, list[float]] = {"ping": [], "call_tool": []}
-            # The node answers ping only to peers that said hello; introduce ourselves like a node would.
-            await roundtrip("hello", {"version": "bench", "addrs": [], "capabilities": {}})
             for op, args in [("ping", {}), ("call_tool", {"tool": "echo", "args": {"message": "bench"}})]:
                 for index in range(warmup + calls):
                     started = time.perf_counter()

@@ -9,14 +9,21 @@ for line in string.gmatch(os.getenv("WRK_HEADERS") or "", "[^\n]+") do
 end
 
 -- WRK_SESSIONS: MCP session ids ("a,b,c"); requests take them in turn, as many agents with a session each would.
+-- Each request then gets its own JSON-RPC id (the body's "__WRK_ID__"): with 64 connections over 64 sessions a
+-- slow request can still be in flight when its session comes round again, and two requests of one session in
+-- flight with one id are one request too many (the server answers one of them).
 local sessions = {}
 for id in string.gmatch(os.getenv("WRK_SESSIONS") or "", "[^,]+") do sessions[#sessions + 1] = id end
 if #sessions > 0 then
   local turn = 0
+  local sent = 0
+  local template = wrk.body
   request = function()
     turn = turn % #sessions + 1
+    sent = sent + 1
     wrk.headers["mcp-session-id"] = sessions[turn]
-    return wrk.format()
+    local body = string.gsub(template, '"__WRK_ID__"', tostring(sent))
+    return wrk.format(nil, nil, nil, body)
   end
 end
 

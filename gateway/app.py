@@ -17,7 +17,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import anyio
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response
 from fastapi.telemetry import TelemetryConfig
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -29,7 +29,7 @@ from gateway.collection import build_collection
 from gateway.http_limits import BodyLimit
 from gateway.lifecycle import end_event_streams
 from gateway.mcp_server import GatewayMCP
-from gateway.metrics import GatewayMetrics
+from gateway.metrics import GatewayMetrics, merge_worker_metrics
 from gateway.oauth import install_oauth
 from gateway.registry import ToolRegistry
 from gateway.rest import build_rest_router
@@ -39,6 +39,14 @@ from gateway.security import BearerAuth, HostOriginGuard
 from gateway.settings import GatewaySettings
 from gateway.tools import register_builtin_tools, register_meta_tools
 from gateway.trace_context import TraceContextPassThrough
+from gateway.worker_links import (
+    METRICS_HEADER,
+    BelieveRelayedClient,
+    SessionTags,
+    WorkerLinks,
+    WorkerPlace,
+    is_relayed,
+)
 from shared_schema import tracing
 
 log = logging.getLogger(__name__)
@@ -47,11 +55,24 @@ MCP_PATH = "/mcp"
 
 
 class Gateway:
-    """The parts of one gateway, reachable from tests and the app's handlers."""
+    """The parts of one gateway, reachable from tests and the app's handlers.
 
-    def __init__(self, settings: GatewaySettings) -> None:
+    ``place`` says which worker this process is when the gateway runs as
+    several (``GATEWAY_WORKERS``); the workers then reach each other for MCP
+    sessions and metrics (``gateway/worker_links.py``).
+    """
+
+    def __init__(self, settings: GatewaySettings, place: WorkerPlace | None = None) -> None:
         self.settings = settings
+        self.place = place
         self.metrics = GatewayMetrics()
+        self.links: WorkerLinks | None = None
+        if place is not None and place.count > 1:
+            self.links = WorkerLinks(
+                place,
+                keep_alive_timeout=settings.keep_alive_timeout,
+                on_relay=lambda outcome: self.metrics.relayed_requests.labels(outcome).inc(),
+            )
         self.registry = ToolRegistry()
         self.bridge: BridgeClient | None = None
         if settings.bridge_enabled:
@@ -86,6 +107,7 @@ class Gateway:
             tasks=settings.mcp_tasks,
             task_poll_interval=settings.mcp_task_poll_interval,
             task_min_timeout=settings.mcp_task_min_timeout,
+            workers=(SessionTags(self.links.place), self.links) if self.links is not None else None,
         )
         self.stopping = False
         self._background: set[asyncio.Task[None]] = set()
@@ -97,7 +119,10 @@ class Gateway:
 
     def _hello_body(self) -> dict[str, Any]:
         local = sorted(spec.name for spec in self.registry.specs() if self.registry.local_tool(spec.name))
-        return {"role": "gateway", "version": __version__, "pid": os.getpid(), "local_tools": local}
+        body: dict[str, Any] = {"role": "gateway", "version": __version__, "pid": os.getpid(), "local_tools": local}
+        if self.place is not None:
+            body["worker"] = self.place.index
+        return body
 
     def _count_tools(self) -> None:
         specs = self.registry.specs()
@@ -145,7 +170,7 @@ class Gateway:
                 endpoint=self.settings.bridge_endpoint,
                 sidecar=self.bridge.sidecar_info,
             )
-        return {
+        report = {
             "status": "stopping" if self.stopping else "ok",
             "version": __version__,
             "ready": self.ready,
@@ -153,6 +178,20 @@ class Gateway:
             "bridge": bridge,
             "collection": self.registry.collection_status(),
         }
+        if self.place is not None:
+            report["worker"] = {"index": self.place.index, "workers": self.place.count, "pid": os.getpid()}
+        return report
+
+    async def metrics_text(self, request: Request) -> bytes:
+        """This process's metrics; with several workers, every worker's, labelled (unless one asked for its own)."""
+        own = self.metrics.render()
+        if self.links is None:
+            return own
+        if is_relayed(request.scope) and request.headers.get(METRICS_HEADER.decode()) == "this-worker":
+            return own
+        authorization = request.headers.get("authorization")
+        others = await self.links.metrics_of_others(authorization.encode("latin-1") if authorization else None)
+        return merge_worker_metrics({self.links.place.index: own.decode(), **others})
 
     @asynccontextmanager
     async def lifespan(self, _app: FastAPI) -> AsyncIterator[None]:
@@ -160,6 +199,8 @@ class Gateway:
             if self.bridge is not None:
                 await stack.enter_async_context(self.bridge.running())
             await stack.enter_async_context(self.mcp.running())
+            if self.links is not None:
+                stack.push_async_callback(self.links.aclose)
             # Everything built so far (modules, the app, schemas) lives as long as the process: moved out
             # of the collector's reach, a full collection no longer rescans it (61 ms each under load,
             # about a tenth of the gateway's CPU at 64 clients; docs/benchmarks.md).
@@ -215,8 +256,8 @@ def create_app(settings: GatewaySettings, gateway: Gateway | None = None) -> Fas
         response_class=PlainTextResponse,
         responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}, 401: BODY_REFUSALS[401]},
     )
-    async def metrics() -> Response:
-        return Response(gateway.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    async def metrics(request: Request) -> Response:
+        return Response(await gateway.metrics_text(request), media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(build_rest_router(gateway.registry, gateway.router))
     app.router.routes.append(Route(MCP_PATH, endpoint=gateway.mcp.asgi_app, methods=["GET", "POST", "DELETE"]))
@@ -232,4 +273,6 @@ def create_app(settings: GatewaySettings, gateway: Gateway | None = None) -> Fas
         app.add_middleware(BearerAuth, token=settings.auth_token.get_secret_value())
     if settings.oauth_enabled:
         install_oauth(app, settings)
+    if gateway.links is not None:  # outermost: a relayed request's client address is known before any limit
+        app.add_middleware(BelieveRelayedClient)
     return app

@@ -24,6 +24,10 @@ manager sees the request, without touching the SDK:
 * A 2026-07-28 request that asks for progress (``_meta.progressToken``) is
   answered through a second, streaming manager when answers are otherwise one
   JSON body, so its ``notifications/progress`` reach the client.
+* With several gateway workers (``GATEWAY_WORKERS``), session ids name the
+  worker that holds the session (``gateway/worker_links.py``): a request for
+  another worker's session is relayed there, the manager here only ever sees
+  its own sessions' ids, and ids it hands out are tagged on the way out.
 
 The body of a POST is read once here (``GATEWAY_MAX_BODY_BYTES`` bounds it
 already) and replayed to the manager.
@@ -40,6 +44,7 @@ from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSI
 from starlette.types import Message, Receive, Scope, Send
 
 from gateway.errors import JSONRPC_INVALID_REQUEST, JSONRPC_UNSUPPORTED_PROTOCOL_VERSION
+from gateway.worker_links import SessionTags, WorkerLinks
 
 SUPPORTED_VERSIONS: tuple[str, ...] = (*MODERN_PROTOCOL_VERSIONS, *reversed(HANDSHAKE_PROTOCOL_VERSIONS))
 """Every protocol version /mcp speaks, newest first."""
@@ -134,20 +139,23 @@ class McpFrontDoor:
         *,
         streaming: StreamableHTTPSessionManager | None = None,
         on_reject: Callable[[str], None] = lambda _limit: None,
+        workers: tuple[SessionTags, WorkerLinks] | None = None,
     ) -> None:
         self._manager = manager
         self._streaming = streaming
         """Answers 2026-07-28 requests that want progress, when ``manager`` answers with one JSON body."""
         self._on_reject = on_reject
+        self._tags: SessionTags | None = workers[0] if workers is not None else None
+        self._links: WorkerLinks | None = workers[1] if workers is not None else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         version: str | None = None
-        has_session = False
+        session: bytes | None = None
         for key, value in scope["headers"]:
             if key == _VERSION_HEADER:
                 version = value.decode("latin-1")
             elif key == _SESSION_HEADER:
-                has_session = True
+                session = value
         if version is not None and version not in SUPPORTED_VERSIONS:
             spoken = ", ".join(SUPPORTED_VERSIONS)
             message = f"Unsupported protocol version {version[:64]!r}: this server speaks {spoken}"
@@ -155,6 +163,7 @@ class McpFrontDoor:
             await _answer(send, 400, _error_body(JSONRPC_UNSUPPORTED_PROTOCOL_VERSION, message, data))
             return
         manager = self._manager
+        body: bytes | None = None
         if scope["method"] == "POST":
             body = await _read_body(receive)
             if body is None:
@@ -167,11 +176,43 @@ class McpFrontDoor:
                     return
             elif self._streaming is not None and b'"progressToken"' in body:
                 manager = self._streaming
+        if self._tags is not None:
+            if session is not None:
+                owner = self._tags.owner(session.decode("latin-1"))
+                if owner is not None and owner[0] != self._tags.index:
+                    assert self._links is not None
+                    await self._links.relay(owner[0], scope, body, receive, send)
+                    return
+                if owner is not None:  # ours: the manager knows it by the SDK's own id
+                    sdk_id = owner[1].encode("latin-1")
+                    headers = [(k, sdk_id if k == _SESSION_HEADER else v) for k, v in scope["headers"]]
+                    scope = {**scope, "headers": headers}
+            send = self._tagging(send, self._tags)
+        if body is not None:
             receive = _replaying(body, receive)
-        if has_session:
+        if session is not None:
             await manager.handle_request(scope, receive, send)
         else:
             await manager.handle_request(scope, receive, self._sessionless(send))
+
+    @staticmethod
+    def _tagging(send: Send, tags: SessionTags) -> Send:
+        """``send`` that names this worker in the session id of any answer that carries one."""
+
+        async def tagged(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = message.get("headers", [])
+                if any(key.lower() == _SESSION_HEADER for key, _ in headers):
+                    retagged = [
+                        (key, tags.public(value.decode("latin-1")).encode("latin-1"))
+                        if key.lower() == _SESSION_HEADER
+                        else (key, value)
+                        for key, value in headers
+                    ]
+                    message = {**message, "headers": retagged}
+            await send(message)
+
+        return tagged
 
     @staticmethod
     def _handshake_body_problem(body: bytes) -> str | None:

@@ -42,6 +42,7 @@ from gateway.mcp_tasks import QueueTasksExtension, apply_extension
 from gateway.registry import ToolRegistry
 from gateway.results import encode_json, is_call_tool_result
 from gateway.router import RuntimeRouter
+from gateway.worker_links import SessionTags, WorkerLinks
 from shared_schema import BridgeError, Progress, ToolSpec
 from shared_schema.function_tool import call_notes
 
@@ -221,6 +222,7 @@ class GatewayMCP:
         tasks: bool = True,
         task_poll_interval: float = 1.0,
         task_min_timeout: float = 60.0,
+        workers: tuple[SessionTags, WorkerLinks] | None = None,
     ) -> None:
         self._registry = registry
         self._router = router
@@ -283,7 +285,9 @@ class GatewayMCP:
                 security_settings=security,
                 max_request_body_size=max_body_bytes,
             )
-        self.asgi_app = McpFrontDoor(self.session_manager, streaming=self.streaming_manager, on_reject=on_reject)
+        self.asgi_app = McpFrontDoor(
+            self.session_manager, streaming=self.streaming_manager, on_reject=on_reject, workers=workers
+        )
         registry.on_change(self._changed.set)
 
     @asynccontextmanager

@@ -31,6 +31,13 @@ class GatewaySettings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="Address the HTTP server binds; loopback unless you mean it.")
     port: int = Field(8000, ge=0, le=65535, description="HTTP port (0 picks a free one).")
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Gateway processes serving the port, each with its own bridge connection to the sidecar "
+        "(1: this process alone). Limits below apply to each process.",
+    )
     bridge_enabled: bool = Field(True, description="Connect to a P2P sidecar; false runs the gateway alone.")
     bridge_endpoint: Endpoint = Field("tcp://127.0.0.1:8001", description="ZeroMQ endpoint of the sidecar.")
     bridge_max_in_flight: int = Field(1024, ge=1, description="P2P calls in flight before new ones get 'busy'.")

@@ -6,9 +6,12 @@ Two places go below uvicorn's documented surface:
   and reads their per-connection state: ``cycle`` (with ``more_body``, ``response_started``,
   ``response_complete``), ``transport``, ``loop`` and ``client``, around ``connection_made``,
   ``data_received`` and ``connection_lost``.
-* ``gateway/__main__.py`` subclasses ``uvicorn.Server`` and overrides ``capture_signals``, ``handle_exit``,
+* ``gateway/server.py`` subclasses ``uvicorn.Server`` and overrides ``capture_signals``, ``handle_exit``,
   ``startup`` and ``shutdown``, relying on ``capture_signals`` being where uvicorn installs its signal
-  handlers and re-raises the captured signal afterwards.
+  handlers and re-raises the captured signal afterwards.  Its ``startup`` replaces uvicorn's whole: it runs
+  ``self.lifespan.startup()`` (then ``should_exit``, ``state``), makes each connection's protocol as
+  ``config.http_protocol_class(config=..., server_state=self.server_state, app_state=...)``, and puts its own
+  acceptors in ``self.servers``, of which uvicorn's ``shutdown`` calls ``close()`` and ``wait_closed()``.
 
 None of that is public API, so a uvicorn release may change it without notice, and the symptom would be quiet
 (a slowloris guard that no longer fires, a SIGTERM that exits 1 again).  So the gateway refuses to start on a
@@ -38,7 +41,7 @@ def check_uvicorn(version: str = uvicorn.__version__) -> None:
     the classes the gateway subclasses still have the methods it overrides."""
     if version != CHECKED_VERSION:
         raise UvicornMismatch(
-            f"uvicorn {version} is installed, but gateway/http_limits.py and gateway/__main__.py use internals of "
+            f"uvicorn {version} is installed, but gateway/http_limits.py and gateway/server.py use internals of "
             f"uvicorn {CHECKED_VERSION} (see gateway/uvicorn_internals.py): re-check them, then CHECKED_VERSION"
         )
     from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -54,6 +57,11 @@ def check_uvicorn(version: str = uvicorn.__version__) -> None:
         for name in names
         if not callable(getattr(cls, name, None))
     ]
+    for cls in (H11Protocol, HttpToolsProtocol):
+        parameters = inspect.signature(cls).parameters
+        missing += [
+            f"{cls.__name__}({name}=)" for name in ("config", "server_state", "app_state") if name not in parameters
+        ]
     capture_signals = getattr(uvicorn.Server, "capture_signals", None)
     if capture_signals is not None and not inspect.isgeneratorfunction(inspect.unwrap(capture_signals)):
         missing.append("Server.capture_signals as a context manager")

@@ -13,12 +13,13 @@ caller has already timed out).
 
 from __future__ import annotations
 
+import collections
 import errno
 import itertools
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,6 +108,10 @@ class BridgeServer:
         self._idle.set()
         self._catalog_frame: tuple[str, bytes] | None = None
         self.gateways: dict[bytes, GatewayLink] = {}
+        self._calls_to: collections.Counter[bytes] = collections.Counter()
+        """This sidecar's calls in flight into each gateway (``call_gateway``), by identity."""
+        self._picked: dict[bytes, int] = {}
+        self._picks = itertools.count(1)
         self.handled_calls = 0
         self._curve: tuple[CurveKeyPair, frozenset[bytes]] | None = None
         if settings.bridge_curve_secret_key_file is not None:
@@ -406,6 +411,7 @@ class BridgeServer:
     def _forget(self, identity: bytes, reason: str) -> None:
         if self.gateways.pop(identity, None) is not None:
             log.info("gateway forgotten: %s", reason)
+        self._picked.pop(identity, None)
         for call_id, pending in list(self._outbound.items()):
             if pending.gateway == identity and not pending.done.is_set():
                 error = ErrorInfo(ErrorCode.UNAVAILABLE, f"gateway went away ({reason})")
@@ -413,9 +419,26 @@ class BridgeServer:
                 pending.done.set()
 
     # -- calls into a gateway ----------------------------------------------------------------
-    def pick_gateway(self) -> GatewayLink | None:
-        """The gateway heard from most recently: the one most likely to be alive."""
-        return max(self.gateways.values(), key=lambda link: link.last_seen, default=None)
+    def local_tools(self) -> list[str]:
+        """Every tool some connected gateway says it runs itself (what this node may offer remote peers)."""
+        return sorted({name for link in self.gateways.values() for name in link.local_tools})
+
+    def pick_gateway(self, tool: str | None = None, *, exclude: Collection[bytes] = ()) -> GatewayLink | None:
+        """The connected gateway a call into ``tool`` should go to, or None when there is none.
+
+        Several gateways may be connected: the worker processes of one gateway
+        (``GATEWAY_WORKERS``), or separate gateways.  Those that list ``tool``
+        among their local tools come first (any, if none does: a gateway
+        resolves collection tools on first use); among them the one with the
+        fewest of this sidecar's calls in flight, and of those the one picked
+        longest ago, so calls spread over all of them.
+        """
+        links = [link for identity, link in self.gateways.items() if identity not in exclude]
+        if tool is not None:
+            links = [link for link in links if tool in link.local_tools] or links
+        return min(
+            links, key=lambda link: (self._calls_to[link.identity], self._picked.get(link.identity, 0)), default=None
+        )
 
     async def call_gateway(
         self,
@@ -426,44 +449,56 @@ class BridgeServer:
         trace_id: str | None = None,
         on_progress: Callable[[Progress], None] | None = None,
     ) -> Any:
-        """Run one of the connected gateway's local tools; returns its result or raises ``BridgeError``.
+        """Run a connected gateway's local tool; returns its result or raises ``BridgeError``.
 
+        A gateway whose connection refuses the frame (gone, or not reading) is
+        skipped for the next one: the call has not reached it, so it cannot
+        run twice.  Once sent, the call stays with that gateway.
         ``on_progress`` receives what the tool reports while it runs (``shared_schema.progress``).
         """
-        link = self.pick_gateway()
-        if link is None:
-            raise BridgeError(ErrorCode.UNAVAILABLE, "no gateway is connected to this sidecar")
         # Made on behalf of a call this process serves (a peer's request, a task): the gateway's log lines then
         # carry an id that starts with that call's, so one grep finds both sides.
         serving = tracing.CALL_ID.get()
         call_id = f"{serving[:64]}>{next(self._ids):x}" if serving else f"{self._id_prefix}{next(self._ids):x}"
-        pending = _OutboundCall(link.identity, on_progress=on_progress)
-        self._outbound[call_id] = pending
-        try:
-            attributes = {"mcp.tool": tool, "mcp_p2p.call_id": call_id}
-            with tracing.outgoing(f"bridge call {tool}", attributes=attributes) as traceparent:
-                envelope = Envelope(
-                    Kind.CALL,
-                    id=call_id,
-                    deadline=time.time() + timeout,
-                    tool=tool,
-                    arguments=arguments,
-                    trace_id=trace_id,
-                    traceparent=traceparent,
-                )
-                if not self._send(link.identity, envelope):
-                    raise BridgeError(ErrorCode.UNAVAILABLE, "the gateway's connection refused the call")
+        attributes = {"mcp.tool": tool, "mcp_p2p.call_id": call_id}
+        with tracing.outgoing(f"bridge call {tool}", attributes=attributes) as traceparent:
+            envelope = Envelope(
+                Kind.CALL,
+                id=call_id,
+                deadline=time.time() + timeout,
+                tool=tool,
+                arguments=arguments,
+                trace_id=trace_id,
+                traceparent=traceparent,
+            )
+            refused: list[bytes] = []
+            while True:
+                link = self.pick_gateway(tool, exclude=refused)
+                if link is None:
+                    message = "the gateways' connections refused the call" if refused else "no gateway is connected"
+                    raise BridgeError(ErrorCode.UNAVAILABLE, f"{message} (to this sidecar)")
+                self._picked[link.identity] = next(self._picks)
+                if self._send(link.identity, envelope):
+                    break
+                refused.append(link.identity)
+            identity = link.identity
+            pending = self._outbound[call_id] = _OutboundCall(identity, on_progress=on_progress)
+            self._calls_to[identity] += 1
+            try:
                 try:
                     with trio.move_on_after(timeout):
                         await pending.done.wait()
                 except trio.Cancelled:  # our caller gave up (a cancelled task): the gateway may stop the work
-                    self._send(link.identity, Envelope(Kind.CANCEL, id=call_id))
+                    self._send(identity, Envelope(Kind.CANCEL, id=call_id))
                     raise
-            if pending.reply is None:
-                self._send(link.identity, Envelope(Kind.CANCEL, id=call_id))
-                raise BridgeError(ErrorCode.TIMEOUT, f"gateway tool {tool!r} did not answer within {timeout:.3g}s")
-        finally:
-            del self._outbound[call_id]
+                if pending.reply is None:
+                    self._send(identity, Envelope(Kind.CANCEL, id=call_id))
+                    raise BridgeError(ErrorCode.TIMEOUT, f"gateway tool {tool!r} did not answer within {timeout:.3g}s")
+            finally:
+                del self._outbound[call_id]
+                self._calls_to[identity] -= 1
+                if not self._calls_to[identity]:
+                    del self._calls_to[identity]
         reply = pending.reply
         self._metrics.outbound_calls.labels("ok" if reply.kind is Kind.RESULT else "error").inc()
         if reply.kind is Kind.RESULT:

@@ -34,6 +34,7 @@ from p2p_sidecar.errors import StartupError
 from p2p_sidecar.metrics import SidecarMetrics
 from p2p_sidecar.node.host import Node
 from p2p_sidecar.node.metrics import NodeMetrics
+from p2p_sidecar.node.peers import PeerState
 from p2p_sidecar.settings import SidecarSettings
 from p2p_sidecar.taskqueue import QueueService, TaskStore, register_queue_tools
 from p2p_sidecar.taskqueue.peer_rpc import NodePeerRpc
@@ -82,7 +83,7 @@ class Sidecar:
             settings,
             NodeMetrics(self.metrics.registry),
             gateway_tools=self._gateway_tools,
-            gateway_connected=lambda: self.bridge.pick_gateway() is not None,
+            gateway_connected=lambda: bool(self.bridge.gateways),
             call_gateway=lambda tool, args, timeout: self.bridge.call_gateway(tool, args, timeout=timeout),
         )
         register_service_tools(self.catalog, status=self.status, peers=self._peers)
@@ -109,8 +110,7 @@ class Sidecar:
         return queue
 
     def _gateway_tools(self) -> list[str]:
-        link = self.bridge.pick_gateway()
-        return link.local_tools if link is not None else []
+        return self.bridge.local_tools()
 
     def _peers(self, limit: int) -> list[dict[str, Any]]:
         return [record.summary() for record in self.node.table.select(sort_by="last_seen")[:limit]]
@@ -134,7 +134,7 @@ class Sidecar:
                 "peer_id": self.node.peer_id,
                 "listen_addrs": self.node.listen_addrs,
                 "announce_addrs": self.node.advertised_addrs(),
-                "peers": {state: count for state, count in self.node.info()["peers"].items() if count},
+                "peers": {state.value: count for state in PeerState if (count := self.node.table.count(state))},
                 "remote_tools_served": self.node.capabilities.served_tools(),
             },
         }

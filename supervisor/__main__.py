@@ -2,7 +2,9 @@
 
 Each child runs in its own session, so a terminal's Ctrl-C reaches only this
 process, which then sends exactly one SIGTERM to each child (gateway first, so
-it stops taking calls before the sidecar drains) and waits for them.  If either
+it stops taking calls before the sidecar drains) and waits for them.  A gateway
+of several workers (``--gateway-workers``) is one child: its parent process
+passes the SIGTERM on to its workers and exits once they have drained.  If either
 child dies on its own, the other is stopped and this process exits with the
 dead child's code; after a clean stop it exits 0.  On Linux the children also
 get SIGTERM if the supervisor itself is killed (``PR_SET_PDEATHSIG``).
@@ -78,7 +80,13 @@ def main(argv: list[str] | None = None) -> None:
         description="Run the P2P sidecar and the gateway in the foreground; Ctrl-C stops both. "
         "Configure them with their SIDECAR_* and GATEWAY_* environment variables.",
     )
-    parser.parse_args(argv)
+    parser.add_argument(
+        "--gateway-workers",
+        type=int,
+        metavar="N",
+        help="gateway processes on the port (python -m gateway --workers N; default GATEWAY_WORKERS, else 1)",
+    )
+    args = parser.parse_args(argv)
     host = os.environ.get("GATEWAY_HOST", "127.0.0.1")
     port = os.environ.get("GATEWAY_PORT", "8000")
     shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
@@ -93,7 +101,9 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, request_stop)
 
     sidecar = _start("sidecar", "p2p_sidecar", [])
-    gateway = _start("gateway", "gateway", [])
+    gateway = _start(
+        "gateway", "gateway", [] if args.gateway_workers is None else ["--workers", str(args.gateway_workers)]
+    )
     children = [("gateway", gateway), ("sidecar", sidecar)]
     threading.Thread(
         target=_announce_when_ready, args=(f"http://{shown_host}:{port}/health/ready", stop_requested), daemon=True

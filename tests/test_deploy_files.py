@@ -111,6 +111,7 @@ def test_kubernetes_pod_is_wired_the_way_the_processes_read_it(monkeypatch: pyte
     assert config["SIDECAR_BRIDGE_ENDPOINT"].startswith("tcp://127.0.0.1:")
     # The kubelet probes the pod IP, so the admin port cannot be loopback-only.
     assert config["SIDECAR_ADMIN_HOST"] == "0.0.0.0" and config["GATEWAY_HOST"] == "0.0.0.0"
+    assert config["GATEWAY_WORKERS"] == "1"  # more only with a larger cpu limit for the gateway container
 
     sts = docs["StatefulSet/mcp-p2p"]
     pod = sts["spec"]["template"]["spec"]
@@ -198,6 +199,8 @@ def test_compose_services_are_wired_the_way_the_processes_read_them(monkeypatch:
     env = {key: str(value) for service in (gateway, sidecar) for key, value in service["environment"].items()}
     env["GATEWAY_AUTH_TOKEN"] = "x" * 32  # interpolated from the host's environment
     env["GATEWAY_ALLOWED_HOSTS"] = "*"
+    assert env["GATEWAY_WORKERS"] == "${GATEWAY_WORKERS:-1}"  # one gateway process unless the host says more
+    env["GATEWAY_WORKERS"] = "2"
     env["SIDECAR_NETWORK_SECRET"] = "y" * 32
     assert_settings_valid(env, monkeypatch, "docker-compose.yml")
     # node b: the same network secret (from the same host variable), bootstrapping from node a by service name
@@ -325,6 +328,12 @@ def test_systemd_units_are_wired_the_way_the_processes_read_them(monkeypatch: py
     assert unit_values(gateway, "ExecStart") == [f"{UNIT_PYTHON} -m gateway"]
     # Ordered after the sidecar and pulling it in, but not bound to it: a dead sidecar leaves
     # the gateway running (and reporting unready).
+    # With GATEWAY_WORKERS > 1 the main process is the workers' parent: SIGTERM goes to it alone, it passes
+    # it on once; the workers' private sockets live in the unit's runtime directory.
+    assert env["GATEWAY_WORKERS"] == "1"
+    assert unit_values(gateway, "KillMode") == ["mixed"]
+    assert unit_values(gateway, "RuntimeDirectory") == ["mcp-p2p-gateway"]
+    assert unit_values(gateway, "RuntimeDirectoryMode") == ["0700"]
     assert "mcp-p2p-sidecar.service" in unit_values(gateway, "After")[0]
     assert "mcp-p2p-sidecar.service" in unit_values(gateway, "Wants")[0]
     assert not unit_values(gateway, "Requires") and not unit_values(gateway, "BindsTo")

@@ -49,17 +49,20 @@ def test_sigterm_drains_in_flight_calls_then_exits_0(tmp_path: Path) -> None:
         assert gateway.stop() == 0
 
 
-def test_supervisor_starts_both_and_stops_both_on_sigint(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [[], ["--gateway-workers", "2"]], ids=["one-gateway-process", "two-workers"])
+def test_supervisor_starts_both_and_stops_both_on_sigint(tmp_path: Path, workers: list[str]) -> None:
     port, _admin, env = _supervised_env(tmp_path)
     log = (tmp_path / "supervisor.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "supervisor"], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+        [sys.executable, "-m", "supervisor", *workers], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
     )
     try:
         announced = lambda: "ready. MCP endpoint" in (tmp_path / "supervisor.log").read_text()  # noqa: E731
         wait_for(announced, 30, what="the supervisor's ready line")
         status, _ = http_json("POST", f"http://127.0.0.1:{port}/tools/execute/p2p_echo", {"message": "hi"})
         assert status == 200
+        _, health = http_json("GET", f"http://127.0.0.1:{port}/health")
+        assert health.get("worker", {}).get("workers", 1) == (2 if workers else 1)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0
         assert not _ready(port)

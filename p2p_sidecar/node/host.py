@@ -73,6 +73,10 @@ log = logging.getLogger(__name__)
 
 FLUSH_EVERY = 5.0
 MDNS_SCAN_EVERY = 2.0
+ADDRESS_REFRESH_SECONDS = 30.0
+"""How long ``advertised_addrs`` reuses its answer.  The addresses change with the listeners, and with a
+wildcard bind also with this host's interfaces (a hostname lookup per refresh); building them costs about
+100 µs of multiaddr parsing, which status probes would otherwise pay on every call."""
 MAX_BOOTSTRAP_FILE_BYTES = 1024 * 1024
 HELLO_GRACE = 2.0
 """Seconds a peer that connected to us has to say hello before we greet it (and so learn what it is)."""
@@ -173,6 +177,8 @@ class Node:
         self.host: BasicHost | None = None
         self.listen_addrs: list[str] = []
         self.started_at: float | None = None
+        self._advertised: tuple[list[str], float, list[str]] | None = None
+        """(listen_addrs, monotonic time, advertised addresses) of the last ``advertised_addrs``."""
         self._store: PeerStore | None = None
         self._nursery: trio.Nursery | None = None
         self._no_libp2p_ping: set[str] = set()
@@ -668,8 +674,13 @@ class Node:
     def advertised_addrs(self) -> list[str]:
         if self.host is None:
             return []
-        suffix = f"/p2p/{self.peer_id}"
-        return [str(addr).removesuffix(suffix) for addr in self.host.get_addrs()]
+        now = time.monotonic()
+        cached = self._advertised
+        if cached is None or cached[0] != self.listen_addrs or now - cached[1] > ADDRESS_REFRESH_SECONDS:
+            suffix = f"/p2p/{self.peer_id}"
+            addrs = [str(addr).removesuffix(suffix) for addr in self.host.get_addrs()]
+            cached = self._advertised = (list(self.listen_addrs), now, addrs)
+        return list(cached[2])
 
     def protocols(self) -> list[str]:
         if self.host is None:
@@ -677,12 +688,13 @@ class Node:
         return sorted(str(protocol) for protocol in self.host.get_mux().get_protocols() if protocol)
 
     def info(self) -> dict[str, Any]:
+        announce = self.advertised_addrs()
         return {
             "peer_id": self.peer_id,
             "running": self.running,
             "listen_addrs": list(self.listen_addrs),
-            "announce_addrs": self.advertised_addrs(),
-            "multiaddrs": [f"{addr}/p2p/{self.peer_id}" for addr in self.advertised_addrs()],
+            "announce_addrs": announce,
+            "multiaddrs": [f"{addr}/p2p/{self.peer_id}" for addr in announce],
             "protocols": self.protocols(),
             "ops": self.rpc.ops,
             "version": __version__,

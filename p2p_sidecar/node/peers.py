@@ -9,6 +9,7 @@ jump), the others are wall-clock epoch seconds for people and the database.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -74,6 +75,15 @@ class PeerRecord:
     dial_failures: int = 0
     next_dial_mono: float = 0.0
     last_error: str | None = None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # A record in a table keeps that table's per-state tally right, whoever changes its state.
+        if name == "state":
+            tally: Counter[PeerState] | None = self.__dict__.get("_tally")
+            if tally is not None:
+                tally[self.__dict__["state"]] -= 1
+                tally[value] += 1
+        object.__setattr__(self, name, value)
 
     @property
     def is_bootstrap(self) -> bool:
@@ -153,13 +163,29 @@ class PeerTable:
     nor wanted (bootstrap, persisted); ``evicted`` collects their ids so the
     store can forget them too.  A network (or a peer lying in peer exchange)
     can therefore not grow the table without bound.
+
+    How many peers are in each state is kept up to date as states change:
+    ``count`` is what status probes and metrics read, with up to ``max_peers``
+    records to count.
     """
 
     def __init__(self, own_id: str, max_peers: int = 10_000) -> None:
         self.own_id = own_id
         self.max_peers = max_peers
         self._peers: dict[str, PeerRecord] = {}
+        self._tally: Counter[PeerState] = Counter()
         self.evicted: list[str] = []
+
+    def _track(self, record: PeerRecord) -> None:
+        self._peers[record.peer_id] = record
+        record.__dict__["_tally"] = self._tally
+        self._tally[record.state] += 1
+
+    def _untrack(self, peer_id: str) -> None:
+        record = self._peers.pop(peer_id, None)
+        if record is not None:
+            self._tally[record.state] -= 1
+            record.__dict__.pop("_tally", None)
 
     def get(self, peer_id: str) -> PeerRecord | None:
         return self._peers.get(peer_id)
@@ -173,7 +199,7 @@ class PeerTable:
             if len(self._peers) >= self.max_peers and not self._evict_one():
                 return None
             record = PeerRecord(peer_id, first_seen=now)
-            self._peers[peer_id] = record
+            self._track(record)
         record.sources.add(source)
         for addr in addrs:
             if addr not in record.addrs:
@@ -186,7 +212,8 @@ class PeerTable:
             return
         if record.peer_id not in self._peers and len(self._peers) >= self.max_peers and not self._evict_one():
             return
-        self._peers[record.peer_id] = record
+        self._untrack(record.peer_id)
+        self._track(record)
 
     def _evict_one(self) -> bool:
         candidates = [
@@ -197,12 +224,12 @@ class PeerTable:
         if not candidates:
             return False
         stalest = min(candidates, key=lambda r: (r.last_seen or 0.0, r.first_seen))
-        del self._peers[stalest.peer_id]
+        self._untrack(stalest.peer_id)
         self.evicted.append(stalest.peer_id)
         return True
 
     def remove(self, peer_id: str) -> None:
-        self._peers.pop(peer_id, None)
+        self._untrack(peer_id)
 
     def forget(self, peer_id: str) -> None:
         """Remove a peer here and (at the next save) from the database."""
@@ -219,7 +246,7 @@ class PeerTable:
         return [record for record in self._peers.values() if record.state in states]
 
     def count(self, state: PeerState) -> int:
-        return sum(1 for record in self._peers.values() if record.state is state)
+        return self._tally[state]
 
     def select(
         self,
