@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import tempfile
 import threading
 import time
@@ -127,6 +128,7 @@ def main() -> None:
         results["slow_links"] = {"skipped": why_not}
     results["elapsed_s"] = time.monotonic() - t0
     results["machine"] = describe()
+    results["cpu_count"] = os.cpu_count()
     command = ".venv/bin/python -m bench.run_all" + (" --quick" if args.quick else "") + "   (make bench)"
     markdown = render(results, command)
     print(markdown)

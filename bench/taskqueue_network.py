@@ -265,13 +265,17 @@ WIDTH = 118
 """Prose paragraphs are wrapped like the rest of docs/."""
 
 
+SCENARIOS = {
+    "a_any": "owned by a, placement `any`",
+    "a_remote": "owned by a, placement `remote` (every task over the network)",
+    "spread": "a third owned by each node, placement `any`",
+}
+"""The throughput scenarios' names in the results, and how docs/benchmarks.md labels them."""
+
+
 def markdown(results: dict[str, Any]) -> str:
     """The section for docs/benchmarks.md."""
-    names = {
-        "a_any": "owned by a, placement `any`",
-        "a_remote": "owned by a, placement `remote` (every task over the network)",
-        "spread": "a third owned by each node, placement `any`",
-    }
+    names = SCENARIOS
     lines = [
         "## Task queue across three nodes",
         "",

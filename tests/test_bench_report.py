@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.report import _bridge_or_not, tail_note
+from bench.report import _bridge_or_not, queue_ceiling, tail_note
 
 
 def row(face: str, clients: int, local: tuple[float, float, float], p2p: tuple[float, float, float]) -> dict[str, Any]:
@@ -33,3 +33,26 @@ def test_what_limits_throughput_is_said_only_as_far_as_section_1_measured_it() -
     assert "not what limits it" in _bridge_or_not(even) and "0.96 cores" in _bridge_or_not(even)
     apart = {"bridge_cost": [row("rest", 16, (3.0, 6.0, 6000), (4.0, 8.0, 4000))]}
     assert "not what limits it" not in _bridge_or_not(apart) and "cores" not in _bridge_or_not(apart)
+
+
+def test_the_queue_ceiling_is_explained_from_the_runs_cpu_only_when_the_target_was_missed() -> None:
+    def scenario(rate: float, a: float, b: float, c: float) -> dict[str, Any]:
+        return {"completed_per_s": rate, "sidecar_cpu_ms_per_task": {"a": a, "b": b, "c": c}}
+
+    slow = {
+        "queue_network": {
+            "throughput": {"a_any": scenario(5000, 0.2, 0.03, 0.03), "a_remote": scenario(2400, 0.3, 0.2, 0.1)}
+        }
+    }
+    text = "\n".join(queue_ceiling(slow, cores=2))
+    assert (
+        'placement `remote` (every task over the network)", at 2,400 tasks/s' in text
+        and "0.300 + 0.200 + 0.100 = 0.600 ms" in text
+    )
+    assert "at most 3,333 such tasks/s" in text and "under 0.50 ms per task" in text
+    fast = {
+        "queue_network": {
+            "throughput": {"a_any": scenario(5000, 0.2, 0.03, 0.03), "a_remote": scenario(4100, 0.2, 0.1, 0.1)}
+        }
+    }
+    assert queue_ceiling(fast, cores=2) == []
