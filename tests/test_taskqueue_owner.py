@@ -14,9 +14,10 @@ import pytest
 import trio
 import trio.testing
 
-from p2p_sidecar.taskqueue.model import RetryPolicy, TaskStatus
-from p2p_sidecar.taskqueue.owner import LeaseOwner
-from p2p_sidecar.taskqueue.records import NewTask, Placement, Report
+from p2p_sidecar.taskqueue.errors import SourceUnavailable, StorageError
+from p2p_sidecar.taskqueue.model import RetryPolicy, TaskStatus, Verdict
+from p2p_sidecar.taskqueue.owner import LeaseOwner, LocalSource
+from p2p_sidecar.taskqueue.records import Lease, NewTask, Placement, Report
 from p2p_sidecar.taskqueue.store import TaskStore
 
 BASE = 1_800_000_000.0
@@ -133,5 +134,91 @@ def test_a_paused_owner_hands_out_nothing_and_says_so_when_resumed(store: TaskSt
         assert owner.work.generation != seen
         assert len(owner.claim("w", ["echo"], 1, peer=None, boot=owner.boot)) == 1
         assert store.get_meta("paused") is None
+
+    run(test, store)
+
+
+def _local_reports(
+    owner: LeaseOwner, count: int, finish: Any = None
+) -> tuple[LocalSource, list[Lease], list[list[Report]]]:
+    """``count`` claimed tasks, and a LocalSource whose owner's finish calls are recorded (or replaced)."""
+    for index in range(count):
+        owner.insert(new(f"t{index}"))
+    leases = owner.claim("w", ["echo"], count, peer=None, boot=owner.boot)
+    calls: list[list[Report]] = []
+    real = owner.finish
+
+    def recording(reports: Any, *, peer: str | None) -> list[Verdict]:
+        calls.append(list(reports))
+        return (finish or real)(reports, peer=peer)
+
+    owner.finish = recording  # type: ignore[method-assign]  # counting the transactions the source asks for
+    return LocalSource(owner), leases, calls
+
+
+def test_local_reports_of_one_scheduler_pass_share_one_commit_and_each_gets_its_verdict(store: TaskStore) -> None:
+    async def test(owner: LeaseOwner) -> None:
+        source, leases, calls = _local_reports(owner, 8)
+        verdicts: dict[str, Verdict] = {}
+
+        async def report(lease: Lease) -> None:
+            verdicts[lease.task_id] = await source.report("w", Report(lease.task_id, lease.attempt, ok=True, result=1))
+
+        async with trio.open_nursery() as nursery:
+            for lease in leases:
+                nursery.start_soon(report, lease)
+        assert [len(call) for call in calls] == [8]  # one transaction for the burst, not eight
+        assert set(verdicts.values()) == {Verdict.RECORDED} and len(verdicts) == 8
+        assert all(store.require(f"t{index}").status is TaskStatus.COMPLETED for index in range(8))
+        # a report on its own is committed on its own, at once
+        owner.insert(new("alone"))
+        [lease] = owner.claim("w", ["echo"], 1, peer=None, boot=owner.boot)
+        assert await source.report("w", Report("alone", lease.attempt, ok=True, result=2)) is Verdict.RECORDED
+        assert [len(call) for call in calls] == [8, 1]
+
+    run(test, store)
+
+
+def test_a_failed_group_commit_fails_every_report_in_it_and_the_next_one_is_fresh(store: TaskStore) -> None:
+    def full_disk(reports: Any, *, peer: str | None) -> list[Verdict]:
+        raise StorageError("database or disk is full")
+
+    async def test(owner: LeaseOwner) -> None:
+        source, leases, calls = _local_reports(owner, 3, finish=full_disk)
+        errors: list[str] = []
+
+        async def report(lease: Lease) -> None:
+            with pytest.raises(SourceUnavailable) as caught:
+                await source.report("w", Report(lease.task_id, lease.attempt, ok=True, result=1))
+            errors.append(str(caught.value))
+
+        async with trio.open_nursery() as nursery:
+            for lease in leases:
+                nursery.start_soon(report, lease)
+        assert len(errors) == 3 and all("disk is full" in error for error in errors) and len(calls) == 1
+        assert all(store.require(lease.task_id).status is TaskStatus.RUNNING for lease in leases)  # nothing recorded
+
+    run(test, store)
+
+
+def test_a_reporter_cancelled_while_its_group_gathers_still_commits_the_group(store: TaskStore) -> None:
+    async def test(owner: LeaseOwner) -> None:
+        source, leases, calls = _local_reports(owner, 2)
+        first, second = leases
+        got: list[Verdict] = []
+
+        async def cancelled_reporter() -> None:
+            with trio.CancelScope() as scope:
+                scope.cancel()  # cancelled at its first checkpoint: the one where the group gathers
+                await source.report("w", Report(first.task_id, first.attempt, ok=True, result=1))
+
+        async def waiting_reporter() -> None:
+            got.append(await source.report("w", Report(second.task_id, second.attempt, ok=True, result=2)))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(cancelled_reporter)
+            nursery.start_soon(waiting_reporter)
+        assert got == [Verdict.RECORDED] and [len(call) for call in calls] == [2]
+        assert store.require(first.task_id).status is TaskStatus.COMPLETED  # committed, though its caller left
 
     run(test, store)

@@ -291,6 +291,9 @@ class LocalSource:
 
     def __init__(self, lease_owner: LeaseOwner) -> None:
         self._owner = lease_owner
+        self._reports: list[tuple[Report, _Outcome]] = []
+        self._committing = False
+        self._committed = Broadcast()
 
     async def claim(self, worker: str, types: Sequence[str], limit: int) -> list[Lease]:
         with _unavailable_on_storage_error("claim"):
@@ -308,12 +311,62 @@ class LocalSource:
             self._owner.record_progress(updates, peer=None)
 
     async def report(self, worker: str, report: Report) -> Verdict:
-        with _unavailable_on_storage_error("report"):
-            return self._owner.finish([report], peer=None)[0]
+        """Record one outcome, committed together with the others reported in the same scheduler pass.
+
+        Local slots running short tasks finish in bursts, and one SQLite
+        transaction per report was the owner's largest cost (group commit:
+        the first reporter yields once so the rest of the burst can join, then
+        commits them all).  Nobody is answered before the commit that holds
+        their report, and a failed commit fails every report in it.
+        """
+        outcome = _Outcome()
+        self._reports.append((report, outcome))
+        if self._committing:
+            while outcome.verdict is None and outcome.error is None:
+                await self._committed.wait_since(self._committed.generation)
+        else:
+            self._committing = True
+            try:
+                await trio.lowlevel.checkpoint()
+            finally:  # commit even if cancelled here: the others waiting on this commit are not
+                self._committing = False
+                self._commit()
+        if outcome.error is not None:
+            raise SourceUnavailable(outcome.error)
+        assert outcome.verdict is not None
+        return outcome.verdict
+
+    def _commit(self) -> None:
+        batch, self._reports = self._reports, []
+        try:
+            with _unavailable_on_storage_error("report"):
+                verdicts = self._owner.finish([report for report, _ in batch], peer=None)
+        except SourceUnavailable as exc:
+            for _, outcome in batch:
+                outcome.error = str(exc)
+        except BaseException as exc:  # a bug in the store: the waiting reporters must not wait forever
+            for _, outcome in batch:
+                outcome.error = f"report not recorded: {type(exc).__name__}"
+            raise
+        else:
+            for (_, outcome), verdict in zip(batch, verdicts, strict=True):
+                outcome.verdict = verdict
+        finally:
+            self._committed.fire()
 
     async def release(self, worker: str, leases: Sequence[tuple[str, int]], why: str) -> None:
         with _unavailable_on_storage_error("release"):
             self._owner.release(leases, peer=None, why=why)
+
+
+class _Outcome:
+    """What became of one report in a group commit: a verdict, or why there is none."""
+
+    __slots__ = ("error", "verdict")
+
+    def __init__(self) -> None:
+        self.verdict: Verdict | None = None
+        self.error: str | None = None
 
 
 @contextlib.contextmanager
