@@ -328,3 +328,19 @@ def test_progress_is_stored_only_for_the_lease_holder(store: TaskStore) -> None:
     [again] = claim(store, now=NOW + 12)
     assert store.require("t").progress is None  # a new attempt starts without the old one's progress
     assert again.attempt == 2
+
+
+def test_a_claim_with_nothing_claimable_for_it_opens_no_transaction(store: TaskStore) -> None:
+    store.insert(new("remote-only", placement=Placement(PlacementKind.REMOTE)), NOW)
+    store.insert(new("hashing", task_type="hash"), NOW)
+    statements: list[str] = []
+    store.db.set_trace_callback(statements.append)
+    assert claim(store) == []  # this node's own worker may not take a remote-only task; no echo task otherwise
+    assert store.claim(types=["other"], limit=5, worker="w", peer="p1", boot="b", lease_s=1, now=NOW) == []
+    assert statements == []  # answered from the counts
+    assert [lease.task_id for lease in claim(store, peer="p1")] == ["remote-only"]
+    assert any(statement.startswith("UPDATE tasks") for statement in statements)
+    with store.transaction():  # a caller's own transaction: its inserts are not counted yet, so the table decides
+        store.insert(new("fresh"), NOW)
+        assert [lease.task_id for lease in claim(store)] == ["fresh"]
+    counts_match_the_table(store)

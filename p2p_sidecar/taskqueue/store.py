@@ -321,6 +321,21 @@ class TaskStore:
     def count(self, status: TaskStatus) -> int:
         return self._counts.get(status.value, 0)
 
+    def _has_claimable(self, types: Sequence[str], peer: str | None) -> bool:
+        """Whether the counts hold a claimable task of ``types`` that a worker of ``peer`` may take.
+
+        The counts are kept exact at every commit (``counts_match_the_table`` in the
+        tests checks them after each kind of change), so False means the claim's
+        query would find nothing.
+        """
+        if self._depth:
+            return True  # inside a caller's transaction its own changes are not counted yet: ask the table
+        wanted = set(types)
+        return any(
+            count > 0 and task_type in wanted and Placement.from_column(placement).admits(peer)
+            for (task_type, placement), count in self._ready.items()
+        )
+
     def claimable(self) -> dict[tuple[str, Placement], int]:
         """Queued tasks claimable now, by (type, placement); backed-off retries are not counted until due."""
         return {
@@ -563,6 +578,9 @@ class TaskStore:
         """
         if limit <= 0 or not types:
             return []
+        self.advance_backoffs(now)
+        if not self._has_claimable(types, peer):
+            return []  # idle workers ask on every wake-up: answer from the counts, without a write transaction
         marks = ",".join("?" * len(types))
         if peer is None:
             placement = "(placement IS NULL OR placement = 'local')"
