@@ -25,7 +25,7 @@ from gateway.zmq_asyncio import DRAIN_BATCH, AsyncioZmqSocket
 from p2p_sidecar.zmq_trio import TrioZmqSocket
 from shared_schema.zmq_socket import ZmqSocketCore
 from tests.procs import free_port
-from tests.zmq_peer import rebind_router
+from tests.zmq_peer import rebind_router, reconnection_of
 
 IN_FLIGHT = 64
 ROUNDS = 25
@@ -257,8 +257,9 @@ def test_trio_64_in_flight_both_ends_sending_while_receiving_and_a_router_restar
             replies = await _trio_calls(client, rounds=ROUNDS)
             assert sorted(replies) == sorted(f"{i}:{r}".encode() for i in range(IN_FLIGHT) for r in range(ROUNDS))
             nursery.cancel_scope.cancel()
-        router.close(linger=0)  # the peer goes away ...
-        again = rebind_router(context, port)  # ... and comes back on the same endpoint
+        with reconnection_of(dealer):
+            router.close(linger=0)  # the peer goes away ...
+            again = rebind_router(context, port)  # ... and comes back on the same endpoint
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_trio_echo, TrioZmqSocket(again))
@@ -379,8 +380,9 @@ def test_asyncio_64_in_flight_both_ends_sending_while_receiving_and_a_router_res
         dealer = AsyncioZmqSocket(dealer_raw, answered, loop)
         try:
             assert await calls(dealer, ROUNDS) == IN_FLIGHT * ROUNDS
-            routers.pop().close()  # the peer goes away, and comes back on the same endpoint
-            raw.append(rebind_router(context, port))
+            with reconnection_of(dealer_raw):
+                routers.pop().close()  # the peer goes away, and comes back on the same endpoint
+                raw.append(rebind_router(context, port))
             routers.append(AsyncioZmqSocket(raw[-1], echo, loop))
             assert await calls(dealer, 2) == IN_FLIGHT * 2
         finally:

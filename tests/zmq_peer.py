@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import time
+from collections.abc import Iterator
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -37,3 +39,23 @@ def rebind_router(context: zmq.Context[zmq.Socket[bytes]], port: int, timeout: f
                 router.close(linger=0)
                 raise
             time.sleep(0.01)
+
+
+@contextlib.contextmanager
+def reconnection_of(sock: zmq.Socket[bytes], timeout: float = 5.0) -> Iterator[None]:
+    """Around a peer's restart: leave the block only once ``sock`` has finished a fresh ZMTP handshake.
+
+    Until libzmq's I/O thread notices that the old peer is gone, a DEALER still
+    routes sends into the old connection's pipe, and they are dropped with it; a
+    test that sends right after the restart can lose messages that way, which is
+    ZeroMQ's behaviour and not what the test is about.
+    """
+    monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+    try:
+        yield
+        if not monitor.poll(int(timeout * 1000)):
+            raise TimeoutError(f"no new ZMTP handshake within {timeout}s of the peer's restart")
+        assert recv_monitor_message(monitor)["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED
+    finally:
+        sock.disable_monitor()
+        monitor.close(linger=0)
