@@ -232,20 +232,31 @@ def queue_ceiling(results: dict[str, Any], cores: int | None = None) -> list[str
     per_task = slowest["sidecar_cpu_ms_per_task"]
     total = sum(per_task.values())
     parts = " + ".join(f"{per_task[node]:.3f}" for node in sorted(per_task))
-    return [
-        "### 4,000 durable tasks/s across three nodes, in the slowest scenario",
-        "",
+    ceiling = cores * 1000 / total
+    runs = ", ".join(f"{rate:,.0f}" for rate in slowest.get("all_per_s", [slowest["completed_per_s"]]))
+    used = (
         f'The slowest scenario was "{taskqueue_network.SCENARIOS.get(name, name)}", at '
-        f"{slowest['completed_per_s']:,.0f} tasks/s (section 5). Its three "
-        f"sidecars used {parts} = {total:.3f} ms of CPU per task (a / b / c), so this machine's {cores} cores "
-        f"complete at most {cores * 1000 / total:,.0f} such tasks/s even with nothing else running (here the "
-        "gateways answering the bench's polling, the bench itself and other users of the machine shared them). "
-        f"4,000 tasks/s on {cores} cores needs the three sidecars together under {cores * 1000 / 4000:.2f} ms per "
-        "task. Every task the owner lends costs a share of a claim and a report exchange over libp2p (Noise and "
-        "Yamux in Python), batched by the workers' free slots (8 per node), and an SQLite commit per batch on each "
-        "side.",
-        "",
-    ]
+        f"{slowest['completed_per_s']:,.0f} tasks/s (section 5; every run: {runs}). Its three sidecars used "
+        f"{parts} = {total:.3f} ms of CPU per task (a / b / c)"
+    )
+    if ceiling < 4000:
+        verdict = (
+            f", so this machine's {cores} cores complete at most {ceiling:,.0f} such tasks/s even with nothing else "
+            f"running: 4,000 tasks/s on {cores} cores needs the three sidecars together under "
+            f"{cores * 1000 / 4000:.2f} ms per task."
+        )
+    else:
+        verdict = (
+            f": on their own they would fit {ceiling:,.0f} tasks/s into this machine's {cores} cores, so in this "
+            "run something besides their CPU held it back: the time the cores gave to other processes (the "
+            "gateways answering the bench's polling, the bench itself, other users of the machine) or the round "
+            "trips of the workers' slots waiting on the owner. Not met in this run; within reach of the sidecars' CPU."
+        )
+    why = (
+        " Every task the owner lends costs a share of a claim and a report exchange over libp2p (Noise and Yamux in "
+        "Python), batched by the workers' free slots (8 per node), and an SQLite commit per batch on each side."
+    )
+    return ["### 4,000 durable tasks/s across three nodes, in the slowest scenario", "", used + verdict + why, ""]
 
 
 def render(results: dict[str, Any], command: str) -> str:

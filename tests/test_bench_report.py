@@ -50,6 +50,9 @@ def test_the_queue_ceiling_is_explained_from_the_runs_cpu_only_when_the_target_w
         and "0.300 + 0.200 + 0.100 = 0.600 ms" in text
     )
     assert "at most 3,333 such tasks/s" in text and "under 0.50 ms per task" in text
+    near = {"queue_network": {"throughput": {"a_remote": scenario(3700, 0.2, 0.1, 0.1)}}}
+    text = "\n".join(queue_ceiling(near, cores=2))
+    assert "would fit 5,000 tasks/s" in text and "Not met in this run" in text and "at most" not in text
     fast = {
         "queue_network": {
             "throughput": {"a_any": scenario(5000, 0.2, 0.03, 0.03), "a_remote": scenario(4100, 0.2, 0.1, 0.1)}
