@@ -87,6 +87,9 @@ def test_tasks_of_a_worker_node_killed_mid_task_complete_elsewhere(worker_net: d
     assert wait_status(url(a), task_id, "running")["executed_by"] == c.peer_id
     c.sidecar.signal(signal.SIGTERM)
     assert c.sidecar.exit_code(20) == 0
+    # c sent the hand-back before it exited; a busy owner may record it a moment later, but well before the lease
+    # (3 s) could expire, which would count a failure instead.
+    wait_status(url(a), task_id, "queued", timeout=LEASE_S)
     view = call(url(a), "task_status", task_id=task_id, include_logs=True)
     assert (view["status"], view["attempt"], view["failures"]) == ("queued", 1, 0), view
     assert any("handed back" in entry["event"] and c.peer_id in entry["event"] for entry in view["logs"]), view

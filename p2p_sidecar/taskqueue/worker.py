@@ -361,12 +361,20 @@ class Worker:
             # The sidecar is shutting down: hand the lease back so the task runs again at once elsewhere
             # (or here after restart) without counting as a failure.
             self.stats.released += 1
-            with (
-                trio.CancelScope(shield=True),
-                trio.move_on_after(RELEASE_TIMEOUT_S),
-                contextlib.suppress(SourceUnavailable),
-            ):
-                await source.release(self.worker_id, [lease.key], "sidecar shutting down")
+            with trio.CancelScope(shield=True), trio.move_on_after(RELEASE_TIMEOUT_S) as waited:
+                try:
+                    await source.release(self.worker_id, [lease.key], "sidecar shutting down")
+                except SourceUnavailable as exc:
+                    log.warning(
+                        "task %s: lease not handed back to %s at shutdown: %s", lease.task_id, source.owner, exc
+                    )
+            if waited.cancelled_caught:
+                log.warning(
+                    "task %s: %s did not answer the hand-back within %gs; it may still record it, or the lease expires",
+                    lease.task_id,
+                    source.owner,
+                    RELEASE_TIMEOUT_S,
+                )
             raise
         finally:
             self.stats.busy_s += time.time() - running.started_at
