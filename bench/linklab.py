@@ -57,18 +57,28 @@ class Link:
     loss: float = 0.0
 
 
-def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def run_ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["ip", *args], check=check, capture_output=True, text=True)
+
+
+def netns_probe_fails(prefix: str) -> str | None:
+    """None if a network namespace can be made here (one is made and deleted); otherwise why not."""
+    probe = f"{prefix}-probe-{os.getpid()}"
+    done = run_ip("netns", "add", probe, check=False)
+    if done.returncode != 0:
+        return f"ip netns add failed: {done.stderr.strip()}"
+    run_ip("netns", "del", probe, check=False)
+    return None
 
 
 def _root_networks() -> list[ipaddress.IPv4Network]:
     """Every IPv4 network the root namespace has an address in or a route to."""
     found = []
-    for line in _ip("-4", "-o", "addr", "show").stdout.splitlines():
+    for line in run_ip("-4", "-o", "addr", "show").stdout.splitlines():
         parts = line.split()
         if "inet" in parts:
             found.append(ipaddress.IPv4Network(parts[parts.index("inet") + 1], strict=False))
-    for line in _ip("-4", "route", "show").stdout.splitlines():
+    for line in run_ip("-4", "route", "show").stdout.splitlines():
         target = line.split()[0]
         if target != "default":
             try:
@@ -106,12 +116,7 @@ class LinkLab:
             return "not root: network namespaces and TUN devices need CAP_NET_ADMIN / CAP_SYS_ADMIN"
         if not os.path.exists("/dev/net/tun"):
             return "no /dev/net/tun"
-        probe = f"l14-probe-{os.getpid()}"
-        done = _ip("netns", "add", probe, check=False)
-        if done.returncode != 0:
-            return f"ip netns add failed: {done.stderr.strip()}"
-        _ip("netns", "del", probe, check=False)
-        return None
+        return netns_probe_fails("l14")
 
     @classmethod
     def create(cls, names: list[str], links: dict[tuple[str, str], Link]) -> LinkLab:
@@ -145,10 +150,10 @@ class LinkLab:
     def _build(self, names: list[str]) -> None:
         for name in names:
             namespace = f"l14-{self.tag}-{name}"
-            _ip("netns", "add", namespace)
+            run_ip("netns", "add", namespace)
             self.nodes[name] = namespace
-            _ip("-n", namespace, "link", "set", "lo", "up")
-            _ip("-n", namespace, "addr", "add", f"{self.address(name)}/32", "dev", "lo")
+            run_ip("-n", namespace, "link", "set", "lo", "up")
+            run_ip("-n", namespace, "addr", "add", f"{self.address(name)}/32", "dev", "lo")
             for knob in ("all", "default", "lo"):
                 subprocess.run(
                     [*self.exec_prefix(name), "sysctl", "-q", "-w", f"net.ipv4.conf.{knob}.rp_filter=0"],
@@ -160,11 +165,11 @@ class LinkLab:
             index = self._index(name)
             root_side = f"lm{self.tag}{index}"
             self._root_links.append(root_side)
-            _ip("link", "add", root_side, "type", "veth", "peer", "name", "mgmt0", "netns", self.nodes[name])
-            _ip("addr", "add", f"{self.subnet.network_address + 4 * index + 1}/30", "dev", root_side)
-            _ip("link", "set", root_side, "up")
-            _ip("-n", self.nodes[name], "addr", "add", f"{self.mgmt(name)}/30", "dev", "mgmt0")
-            _ip("-n", self.nodes[name], "link", "set", "mgmt0", "up")
+            run_ip("link", "add", root_side, "type", "veth", "peer", "name", "mgmt0", "netns", self.nodes[name])
+            run_ip("addr", "add", f"{self.subnet.network_address + 4 * index + 1}/30", "dev", root_side)
+            run_ip("link", "set", root_side, "up")
+            run_ip("-n", self.nodes[name], "addr", "add", f"{self.mgmt(name)}/30", "dev", "mgmt0")
+            run_ip("-n", self.nodes[name], "link", "set", "mgmt0", "up")
         spec = []
         for (a, b), link in self.links.items():
             spec.append({"name": f"{a}-{b}", "a": self._tun(a, b), "b": self._tun(b, a), **link.__dict__})
@@ -184,9 +189,9 @@ class LinkLab:
         for a, b in self.links:
             for here, there in ((a, b), (b, a)):
                 device = self._tun(here, there)
-                _ip("link", "set", device, "netns", self.nodes[here])
-                _ip("-n", self.nodes[here], "link", "set", device, "up")
-                _ip("-n", self.nodes[here], "route", "add", f"{self.address(there)}/32", "dev", device,
+                run_ip("link", "set", device, "netns", self.nodes[here])
+                run_ip("-n", self.nodes[here], "link", "set", device, "up")
+                run_ip("-n", self.nodes[here], "route", "add", f"{self.address(there)}/32", "dev", device,
                     "src", self.address(here))  # fmt: skip
 
     def set_link(self, a: str, b: str, *, loss: float | None = None, delay_ms: float | None = None) -> None:
@@ -215,9 +220,9 @@ class LinkLab:
                     self.relay.stdout.close()
             self.relay = None
         for namespace in self.nodes.values():
-            _ip("netns", "del", namespace, check=False)  # takes its ends of the veth and the TUN devices with it
+            run_ip("netns", "del", namespace, check=False)  # takes its ends of the veth and the TUN devices with it
         for link in self._root_links:
-            _ip("link", "del", link, check=False)  # normally gone with its peer's namespace
+            run_ip("link", "del", link, check=False)  # normally gone with its peer's namespace
         self.nodes.clear()
         self._root_links.clear()
         return counts

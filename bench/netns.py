@@ -20,14 +20,9 @@ deletes every namespace (which removes the veth pairs with them).
 from __future__ import annotations
 
 import os
-import subprocess
 from dataclasses import dataclass, field
 
-from bench.linklab import pick_mgmt_subnet
-
-
-def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", *args], check=check, capture_output=True, text=True)
+from bench.linklab import netns_probe_fails, pick_mgmt_subnet, run_ip
 
 
 @dataclass
@@ -45,12 +40,7 @@ class NetnsLab:
         """None if namespaces can be made here; otherwise why not (for the run's record)."""
         if os.geteuid() != 0:
             return "not root: ip netns needs CAP_SYS_ADMIN"
-        probe = f"mcpq-probe-{os.getpid()}"
-        done = _ip("netns", "add", probe, check=False)
-        if done.returncode != 0:
-            return f"ip netns add failed: {done.stderr.strip()}"
-        _ip("netns", "del", probe, check=False)
-        return None
+        return netns_probe_fails("mcpq")
 
     @classmethod
     def create(cls, names: list[str]) -> NetnsLab:
@@ -58,24 +48,26 @@ class NetnsLab:
         subnet = str(pick_mgmt_subnet(os.getpid() + 1).network_address).rsplit(".", 1)[0]
         lab = cls(tag, switch=f"mcpq-sw-{tag}", subnet=subnet)
         try:
-            _ip("netns", "add", lab.switch)
-            _ip("-n", lab.switch, "link", "add", "br0", "type", "bridge")
-            _ip("-n", lab.switch, "link", "set", "br0", "up")
+            run_ip("netns", "add", lab.switch)
+            run_ip("-n", lab.switch, "link", "add", "br0", "type", "bridge")
+            run_ip("-n", lab.switch, "link", "set", "br0", "up")
             lab.root_link = f"mq{tag}h"
-            _ip("link", "add", lab.root_link, "type", "veth", "peer", "name", "uplink", "netns", lab.switch)
-            _ip("-n", lab.switch, "link", "set", "uplink", "master", "br0", "up")
-            _ip("addr", "add", f"{subnet}.254/24", "dev", lab.root_link)
-            _ip("link", "set", lab.root_link, "up")
+            run_ip("link", "add", lab.root_link, "type", "veth", "peer", "name", "uplink", "netns", lab.switch)
+            run_ip("-n", lab.switch, "link", "set", "uplink", "master", "br0", "up")
+            run_ip("addr", "add", f"{subnet}.254/24", "dev", lab.root_link)
+            run_ip("link", "set", lab.root_link, "up")
             for index, name in enumerate(names, 1):
                 namespace = f"mcpq-{name}-{tag}"
-                _ip("netns", "add", namespace)
+                run_ip("netns", "add", namespace)
                 lab.nodes[name] = namespace
-                _ip("-n", namespace, "link", "set", "lo", "up")
+                run_ip("-n", namespace, "link", "set", "lo", "up")
                 port = lab._port(name)
-                _ip("-n", namespace, "link", "add", "eth0", "type", "veth", "peer", "name", port, "netns", lab.switch)
-                _ip("-n", lab.switch, "link", "set", port, "master", "br0", "up")
-                _ip("-n", namespace, "addr", "add", f"{subnet}.{index}/24", "dev", "eth0")
-                _ip("-n", namespace, "link", "set", "eth0", "up")
+                run_ip(
+                    "-n", namespace, "link", "add", "eth0", "type", "veth", "peer", "name", port, "netns", lab.switch
+                )
+                run_ip("-n", lab.switch, "link", "set", port, "master", "br0", "up")
+                run_ip("-n", namespace, "addr", "add", f"{subnet}.{index}/24", "dev", "eth0")
+                run_ip("-n", namespace, "link", "set", "eth0", "up")
         except BaseException:
             lab.close()
             raise
@@ -91,11 +83,11 @@ class NetnsLab:
         return ["ip", "netns", "exec", self.nodes[name]]
 
     def partition(self, name: str) -> None:
-        _ip("-n", self.switch, "link", "set", self._port(name), "down")
+        run_ip("-n", self.switch, "link", "set", self._port(name), "down")
 
     def port_state(self, name: str) -> str:
         """The operational state of ``name``'s switch port (``DOWN`` while partitioned), as ip reports it."""
-        fields = _ip("-n", self.switch, "-o", "link", "show", self._port(name)).stdout.split()
+        fields = run_ip("-n", self.switch, "-o", "link", "show", self._port(name)).stdout.split()
         return fields[fields.index("state") + 1] if "state" in fields else "unknown"
 
     def namespace_inode(self, name: str) -> int:
@@ -103,12 +95,12 @@ class NetnsLab:
         return os.stat(f"/run/netns/{self.nodes[name]}").st_ino
 
     def heal(self, name: str) -> None:
-        _ip("-n", self.switch, "link", "set", self._port(name), "up")
+        run_ip("-n", self.switch, "link", "set", self._port(name), "up")
 
     def close(self) -> None:
         for namespace in [*self.nodes.values(), self.switch]:
             if namespace:
-                _ip("netns", "del", namespace, check=False)
+                run_ip("netns", "del", namespace, check=False)
         if self.root_link:
-            _ip("link", "del", self.root_link, check=False)  # normally gone with its peer's namespace
+            run_ip("link", "del", self.root_link, check=False)  # normally gone with its peer's namespace
         self.nodes.clear()
