@@ -27,7 +27,6 @@ readiness pipe and a signal wake-up pipe.
 from __future__ import annotations
 
 import collections
-import ctypes
 import logging
 import os
 import select
@@ -37,7 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -45,6 +44,7 @@ from types import FrameType
 from gateway.listeners import ListenError, bind_tcp, bind_unix, describe
 from gateway.settings import GatewaySettings
 from shared_schema import sd_notify
+from shared_schema.parent_death import die_with_parent
 
 log = logging.getLogger("gateway.workers")
 
@@ -62,21 +62,6 @@ class _Worker:
     process: subprocess.Popen[bytes] | None = None
     ready: bool = False
     exits: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=RESTART_LIMIT))
-
-
-def _die_with_parent() -> Callable[[], None] | None:
-    """A pre-exec hook that asks Linux to SIGTERM the worker if the parent dies (so none is left behind)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    except OSError:
-        return None
-
-    def preexec() -> None:
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-    return preexec
 
 
 class WorkerPool:
@@ -155,7 +140,7 @@ class WorkerPool:
             env=env,
             pass_fds=[*fds, worker.private.fileno(), self._ready_w],
             process_group=0,  # a terminal's Ctrl-C reaches the parent only, which passes one SIGTERM on
-            preexec_fn=_die_with_parent(),
+            preexec_fn=die_with_parent(),
         )
         log.info("worker %d started (pid %d)", worker.index, worker.process.pid)
 

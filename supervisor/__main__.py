@@ -13,7 +13,6 @@ get SIGTERM if the supervisor itself is killed (``PR_SET_PDEATHSIG``).
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 import signal
 import subprocess
@@ -21,29 +20,16 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
+
+from shared_schema.parent_death import die_with_parent
 
 STOP_TIMEOUT_S = 15.0
-
-
-def _die_with_parent() -> Callable[[], None] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    except OSError:
-        return None
-
-    def preexec() -> None:
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-    return preexec
 
 
 def _start(name: str, module: str, extra: list[str]) -> subprocess.Popen[bytes]:
     print(f"supervisor: starting {name}: {sys.executable} -m {module} {' '.join(extra)}".rstrip(), flush=True)
     return subprocess.Popen(
-        [sys.executable, "-m", module, *extra], start_new_session=True, preexec_fn=_die_with_parent()
+        [sys.executable, "-m", module, *extra], start_new_session=True, preexec_fn=die_with_parent()
     )
 
 
