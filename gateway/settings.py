@@ -15,7 +15,8 @@ from shared_schema.limits import DEFAULT_MAX_ARGUMENT_DEPTH
 from shared_schema.settings_types import (
     CommaList,
     Endpoint,
-    check_otlp_endpoint,
+    OtlpEndpoint,
+    OtlpSampleRatio,
     check_tool_dirs,
     endpoint_is_loopback,
 )
@@ -96,19 +97,9 @@ class GatewaySettings(BaseSettings):
     opentelemetry: bool = Field(
         False, description="Run FastAPI's native OpenTelemetry instrumentation (needs configured OTel providers)."
     )
-    otlp_endpoint: str | None = Field(
-        None,
-        description="OTLP/HTTP traces URL (e.g. http://127.0.0.1:4318/v1/traces): export this process's spans "
-        "there; unset, no spans are made (a caller's traceparent is still passed on).",
-    )
+    otlp_endpoint: OtlpEndpoint = None
     otlp_service_name: str = Field("mcp-p2p-gateway", min_length=1, description="service.name of exported spans.")
-    otlp_sample_ratio: float = Field(
-        1.0,
-        ge=0,
-        le=1,
-        description="Share of the traces this process starts that it records (calls inside a caller's trace "
-        "follow the caller's sampled flag).",
-    )
+    otlp_sample_ratio: OtlpSampleRatio = 1.0
     log_level: str = Field("info", pattern="^(critical|error|warning|info|debug)$", description="Log level.")
     graceful_shutdown_seconds: float = Field(10.0, ge=0, description="How long SIGTERM waits for calls.")
 
@@ -167,11 +158,6 @@ class GatewaySettings(BaseSettings):
         if value is not None and not value.startswith(("https://", "http://")):
             raise ValueError("must be an http:// or https:// URL")
         return value
-
-    @field_validator("otlp_endpoint")
-    @classmethod
-    def _otlp_url(cls, value: str | None) -> str | None:
-        return check_otlp_endpoint(value)
 
     @field_validator("oauth_algorithms")
     @classmethod

@@ -26,7 +26,8 @@ from shared_schema.limits import DEFAULT_MAX_ARGUMENT_DEPTH
 from shared_schema.settings_types import (
     CommaList,
     Endpoint,
-    check_otlp_endpoint,
+    OtlpEndpoint,
+    OtlpSampleRatio,
     check_tool_dirs,
     endpoint_is_loopback,
     host_is_loopback,
@@ -80,19 +81,9 @@ class SidecarSettings(BaseSettings):
     dashboard_interval: float = Field(
         1.0, ge=0.1, le=60, description="Seconds between the dashboard's live updates (server-sent events)."
     )
-    otlp_endpoint: str | None = Field(
-        None,
-        description="OTLP/HTTP traces URL (e.g. http://127.0.0.1:4318/v1/traces): export this process's spans "
-        "there; unset, no spans are made (a caller's traceparent is still passed on).",
-    )
+    otlp_endpoint: OtlpEndpoint = None
     otlp_service_name: str = Field("mcp-p2p-sidecar", min_length=1, description="service.name of exported spans.")
-    otlp_sample_ratio: float = Field(
-        1.0,
-        ge=0,
-        le=1,
-        description="Share of the traces this process starts that it records (calls inside a caller's trace "
-        "follow the caller's sampled flag).",
-    )
+    otlp_sample_ratio: OtlpSampleRatio = 1.0
     data_dir: Path = Field(
         default_factory=default_data_dir,
         description="Node key and SQLite state; default ${XDG_DATA_HOME:-~/.local/share}/mcp-p2p/sidecar.",
@@ -362,11 +353,6 @@ class SidecarSettings(BaseSettings):
         default_factory=list,
         description="Gateway public certificates (.key files, or directories of them) allowed to connect with CURVE.",
     )
-
-    @field_validator("otlp_endpoint")
-    @classmethod
-    def _otlp_url(cls, value: str | None) -> str | None:
-        return check_otlp_endpoint(value)
 
     @model_validator(mode="after")
     def _check_admin_security(self) -> Self:

@@ -12,7 +12,7 @@ import json
 import os
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, ValidationError
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError
 from pydantic_settings import NoDecode
 
 
@@ -70,6 +70,28 @@ def check_otlp_endpoint(value: str | None) -> str | None:
     if value is not None and not value.startswith(("http://", "https://")):
         raise ValueError("must be an http:// or https:// URL, e.g. http://127.0.0.1:4318/v1/traces")
     return value or None
+
+
+OtlpEndpoint = Annotated[
+    str | None,
+    AfterValidator(check_otlp_endpoint),
+    Field(
+        description="OTLP/HTTP traces URL (e.g. http://127.0.0.1:4318/v1/traces): export this process's spans "
+        "there; unset, no spans are made (a caller's traceparent is still passed on)."
+    ),
+]
+"""Where a process exports its spans (``*_OTLP_ENDPOINT``), spelled and checked alike in both."""
+
+OtlpSampleRatio = Annotated[
+    float,
+    Field(
+        ge=0,
+        le=1,
+        description="Share of the traces this process starts that it records (calls inside a caller's trace "
+        "follow the caller's sampled flag).",
+    ),
+]
+"""``*_OTLP_SAMPLE_RATIO``: the same bounds and meaning in both processes."""
 
 
 def check_tool_dirs(value: list[str]) -> list[str]:
