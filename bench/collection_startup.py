@@ -48,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mcp import Client
 
+from bench import saved_figures
 from tests.procs import Proc, gateway_proc, http_json, sidecar_proc
 from tests.toolgen import generate
 
@@ -373,31 +374,30 @@ EXTERNAL_FIGURES = Path(__file__).resolve().parent / "ipfs_datasets_collection.m
 
 def external_section() -> list[str]:
     """docs/benchmarks.md's section on the real ipfs_datasets_py collection, from the saved figures."""
-    if not EXTERNAL_FIGURES.is_file():
-        return []
-    return [
+    return saved_figures.section(
+        EXTERNAL_FIGURES,
         "### The ipfs_datasets_py collection, mounted unchanged",
-        "",
-        "Its `ipfs_datasets_py/mcp_server/tools` tree (340 modules in 51 categories) with the package importable "
-        "(its checkout on `PYTHONPATH`, plus beautifulsoup4, numpy and cachetools installed; the collection's "
-        "other dependencies are not, so 49 modules do not import). Not part of `make bench`: it needs a checkout "
-        "of that project. Command, in a venv with this project (`pip install -e .`) and those three packages:",
-        "",
-        "    python bench/collection_startup.py --collection CHECKOUT/ipfs_datasets_py/mcp_server/tools \\",
-        "        --pythonpath CHECKOUT --runs 5 --memory --save",
-        "",
-        EXTERNAL_FIGURES.read_text().strip(),
-        "",
-        "Targets: a cached restart lists in under 1 s and the sidecar is ready in under 3 s: both met (first",
-        "listing and sidecar start->ready in the `cached` row). A cold listing of a collection this size costs",
-        "what importing it costs: every module once, with the packages they pull in. The `where the memory",
-        "goes` line charges the growth to the packages each import brought in: the collection's own package",
-        "and its dependencies (the MCP SDK, already loaded in the gateway, is charged there in that separate",
-        "interpreter). The gateway's own share (argument models and schemas) is what the generated collection",
-        "above shows, whose modules import nothing heavy: about 26 MiB for 497 tools. A cached restart imports",
-        "nothing to list, so the gateway stays at its start-up size until a call imports a module; the sidecar",
-        "imports a P2P module when one of its tools is first called.",
-    ]
+        [
+            "Its `ipfs_datasets_py/mcp_server/tools` tree (340 modules in 51 categories) with the package importable "
+            "(its checkout on `PYTHONPATH`, plus beautifulsoup4, numpy and cachetools installed; the collection's "
+            "other dependencies are not, so 49 modules do not import). Not part of `make bench`: it needs a checkout "
+            "of that project. Command, in a venv with this project (`pip install -e .`) and those three packages:",
+            "",
+            "    python bench/collection_startup.py --collection CHECKOUT/ipfs_datasets_py/mcp_server/tools \\",
+            "        --pythonpath CHECKOUT --runs 5 --memory --save",
+        ],
+        [
+            "Targets: a cached restart lists in under 1 s and the sidecar is ready in under 3 s: both met (first",
+            "listing and sidecar start->ready in the `cached` row). A cold listing of a collection this size costs",
+            "what importing it costs: every module once, with the packages they pull in. The `where the memory",
+            "goes` line charges the growth to the packages each import brought in: the collection's own package",
+            "and its dependencies (the MCP SDK, already loaded in the gateway, is charged there in that separate",
+            "interpreter). The gateway's own share (argument models and schemas) is what the generated collection",
+            "above shows, whose modules import nothing heavy: about 26 MiB for 497 tools. A cached restart imports",
+            "nothing to list, so the gateway stays at its start-up size until a call imports a module; the sidecar",
+            "imports a P2P module when one of its tools is first called.",
+        ],
+    )
 
 
 def markdown_external(results: dict[str, Any], memory: dict[str, Any] | None) -> str:
@@ -454,7 +454,7 @@ def main() -> None:
         text = markdown_external(results, memory)
         print(text)
         if args.save:
-            EXTERNAL_FIGURES.write_text(text + "\n")
+            saved_figures.save(EXTERNAL_FIGURES, text)
     else:
         print(markdown(run(args.runs or 6, args.warm)))
 

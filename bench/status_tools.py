@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench import baseline
+from bench import baseline, saved_figures
 from bench.loadgen import process_cpu_seconds
 from p2p_sidecar.node.peer_store import PeerStore
 from p2p_sidecar.node.peers import PeerRecord
@@ -176,7 +176,7 @@ def main() -> None:
     print(text)
     if args.save:
         command = ".venv/bin/python -m bench.status_tools" + (f" --baseline {args.baseline}" if args.baseline else "")
-        FIGURES.write_text(f"Command: `{command}`\n\n{text}\n")
+        saved_figures.save(FIGURES, text, command)
 
 
 if __name__ == "__main__":
@@ -185,24 +185,21 @@ if __name__ == "__main__":
 
 def saved_section() -> list[str]:
     """docs/benchmarks.md's section on the status tools, from the last ``--save`` (a separate run)."""
-    if not FIGURES.is_file():
-        return []
-    return [
+    return saved_figures.section(
+        FIGURES,
         "## Status tools: p2p_service_status and node_info",
-        "",
-        "Earlier figures put them at 3.5-3.7 ms per call at one client against 1.4 ms for `p2p_echo`. A py-spy "
-        "profile of the "
-        "sidecar under a stream of `p2p_service_status` calls put 39% of its busy time in "
-        "`Node.advertised_addrs()`, which built the advertised multiaddrs from the libp2p host (py-multiaddr "
-        "objects parsed and printed, about 100 µs, plus a hostname lookup per call with a wildcard bind) and ran "
-        "three times per status call (once itself, twice inside `Node.info()`), and 27% in `Node.info()`, which "
-        "the status tool called for one field. With a full peer table (10,000 known peers, the default "
-        "`SIDECAR_MAX_KNOWN_PEERS`) counting peers by state, five scans of the table per call, cost 2 ms more. "
-        "Now the node keeps its advertised addresses until its listeners change (or 30 s pass, for a wildcard "
-        "bind's interfaces), the peer table keeps its per-state counts as records change state, and the status "
-        "tool reads what it reports directly. What is left of `node_info` with 10,000 peers is one scan of the "
-        "table for the connected members. Target: under 1 ms of sidecar time per call.",
-        "",
-        FIGURES.read_text().strip(),
-        "",
-    ]
+        [
+            "Earlier figures put them at 3.5-3.7 ms per call at one client against 1.4 ms for `p2p_echo`. A py-spy "
+            "profile of the "
+            "sidecar under a stream of `p2p_service_status` calls put 39% of its busy time in "
+            "`Node.advertised_addrs()`, which built the advertised multiaddrs from the libp2p host (py-multiaddr "
+            "objects parsed and printed, about 100 µs, plus a hostname lookup per call with a wildcard bind) and ran "
+            "three times per status call (once itself, twice inside `Node.info()`), and 27% in `Node.info()`, which "
+            "the status tool called for one field. With a full peer table (10,000 known peers, the default "
+            "`SIDECAR_MAX_KNOWN_PEERS`) counting peers by state, five scans of the table per call, cost 2 ms more. "
+            "Now the node keeps its advertised addresses until its listeners change (or 30 s pass, for a wildcard "
+            "bind's interfaces), the peer table keeps its per-state counts as records change state, and the status "
+            "tool reads what it reports directly. What is left of `node_info` with 10,000 peers is one scan of the "
+            "table for the connected members. Target: under 1 ms of sidecar time per call.",
+        ],
+    )

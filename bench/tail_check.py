@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench import baseline
+from bench import baseline, saved_figures
 from bench.bridge_cost import PAIR, faces
 from bench.loadgen import UNIQUE_ID, ensure_wrk, run_wrk
 from tests.procs import Proc, gateway_proc, http_json, running, sidecar_proc, wait_for
@@ -243,7 +243,7 @@ def main() -> None:
     print(text)
     if args.save:
         command = ".venv/bin/python -m bench.tail_check" + (f" --baseline {args.baseline}" if args.baseline else "")
-        FIGURES.write_text(f"Command: `{command}`\n\n{text}\n")
+        saved_figures.save(FIGURES, text, command)
 
 
 if __name__ == "__main__":
@@ -252,39 +252,36 @@ if __name__ == "__main__":
 
 def saved_section() -> list[str]:
     """docs/benchmarks.md's section on the tail, from the last ``--save`` (a separate run: about 5 minutes)."""
-    if not FIGURES.is_file():
-        return []
-    return [
+    return saved_figures.section(
+        FIGURES,
         "## The tail at 64 clients: connections waiting to be accepted",
-        "",
-        "At 64 clients, p99 used to be 100-480 ms against a p50 of 15-25 ms, from a few dozen requests per run, "
-        "more often with the local tool than with the P2P one; garbage collection, a blocked event loop, TCP "
-        "retransmissions and CPU steal had been ruled out. The cause, and the evidence:",
-        "",
-        "* **Which requests.** A client that records every request's connection and start time (the `recording` "
-        "rows below) ran six times against the old gateway (REST, local tool, load average about 5): 128 requests "
-        "took over 100 ms, 106 of them the *first* request on their connection, and each connection's first "
-        "request had waited about 14 ms longer than the previous connection's: a staircase, one step per gateway "
-        "event-loop iteration. No request after the first on its connection took over 110 ms.",
-        "* **Why.** `strace -f -tt -e trace=accept4 -p <gateway pid>` during one 64-connection run: 64 `accept4` "
-        "calls spread over 1.6 s, none of them returning `EAGAIN`. uvicorn runs on uvloop, and libuv (1.45 and "
-        "later, libuv/libuv#3696, bundled in uvloop 0.23) accepts one connection per loop iteration and waits "
-        "for the next readiness report. A busy gateway's iteration serves every connection with a request ready "
-        "(10-15 ms at 64 clients), so the 64th connection of a burst waited 64 iterations before its first "
-        "request was read. The local tool showed it more because its requests finish within the iteration that "
-        "reads them, so iterations are longer; wrk opens all 64 connections at once, and each `make bench` point "
-        "is a fresh wrk run, so every run paid it.",
-        "* **The fix.** `gateway/listeners.py` accepts every connection waiting in the backlog each time the "
-        "listening socket is readable (up to 256, as asyncio's own accept loop does) and hands each to the event "
-        "loop; no setting is needed. (Before it, running uvicorn on asyncio's own loop instead of uvloop also "
-        "avoided it, at a higher cost per request.)",
-        "* **What is left.** With other processes using the machine's cores, a few requests still take over "
-        "100 ms, none of them first on their connection: the scheduler giving the cores to someone else. The "
-        "target, p99 at most 5x p50 at 64 clients on REST and /mcp, local and P2P, held in every run below "
-        "(`make bench` checks it too, in the targets table).",
-        "",
-        "Before and after, interleaved, on the same machine at the same time; medians of the runs:",
-        "",
-        FIGURES.read_text().strip(),
-        "",
-    ]
+        [
+            "At 64 clients, p99 used to be 100-480 ms against a p50 of 15-25 ms, from a few dozen requests per run, "
+            "more often with the local tool than with the P2P one; garbage collection, a blocked event loop, TCP "
+            "retransmissions and CPU steal had been ruled out. The cause, and the evidence:",
+            "",
+            "* **Which requests.** A client that records every request's connection and start time (the `recording` "
+            "rows below) ran six times against the old gateway (REST, local tool, load average about 5): 128 requests "
+            "took over 100 ms, 106 of them the *first* request on their connection, and each connection's first "
+            "request had waited about 14 ms longer than the previous connection's: a staircase, one step per gateway "
+            "event-loop iteration. No request after the first on its connection took over 110 ms.",
+            "* **Why.** `strace -f -tt -e trace=accept4 -p <gateway pid>` during one 64-connection run: 64 `accept4` "
+            "calls spread over 1.6 s, none of them returning `EAGAIN`. uvicorn runs on uvloop, and libuv (1.45 and "
+            "later, libuv/libuv#3696, bundled in uvloop 0.23) accepts one connection per loop iteration and waits "
+            "for the next readiness report. A busy gateway's iteration serves every connection with a request ready "
+            "(10-15 ms at 64 clients), so the 64th connection of a burst waited 64 iterations before its first "
+            "request was read. The local tool showed it more because its requests finish within the iteration that "
+            "reads them, so iterations are longer; wrk opens all 64 connections at once, and each `make bench` point "
+            "is a fresh wrk run, so every run paid it.",
+            "* **The fix.** `gateway/listeners.py` accepts every connection waiting in the backlog each time the "
+            "listening socket is readable (up to 256, as asyncio's own accept loop does) and hands each to the event "
+            "loop; no setting is needed. (Before it, running uvicorn on asyncio's own loop instead of uvloop also "
+            "avoided it, at a higher cost per request.)",
+            "* **What is left.** With other processes using the machine's cores, a few requests still take over "
+            "100 ms, none of them first on their connection: the scheduler giving the cores to someone else. The "
+            "target, p99 at most 5x p50 at 64 clients on REST and /mcp, local and P2P, held in every run below "
+            "(`make bench` checks it too, in the targets table).",
+            "",
+            "Before and after, interleaved, on the same machine at the same time; medians of the runs:",
+        ],
+    )

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench import saved_figures
 from bench.loadgen import LoadResult, ensure_wrk, process_cpu_seconds, run_wrk
 from bench.stack import modern_call
 from shared_schema import tracing
@@ -240,20 +241,17 @@ def micro(repeats: int = 7, number: int = 200_000) -> list[tuple[str, float]]:
 
 def saved_section() -> list[str]:
     """docs/benchmarks.md's section on tracing's cost, from the last ``--save`` (a separate run: about 7 minutes)."""
-    if not FIGURES.is_file():
-        return []
-    return [
+    return saved_figures.section(
+        FIGURES,
         "## Tracing cost",
-        "",
-        "A P2P tool call (`p2p_hash_content`, 1 KiB: gateway -> bridge -> sidecar) on three stacks side by side: "
-        "`baseline` is the code this branch started from (no tracing code), `off` is this code with no "
-        "`*_OTLP_ENDPOINT` (the default), `on` has both processes exporting every span over OTLP/HTTP. Command:",
-        "",
-        "    .venv/bin/python -m bench.tracing_cost --save   (6 rounds of 3 s per point, about 7 minutes)",
-        "",
-        FIGURES.read_text().strip(),
-        "",
-    ]
+        [
+            "A P2P tool call (`p2p_hash_content`, 1 KiB: gateway -> bridge -> sidecar) on three stacks side by side: "
+            "`baseline` is the code this branch started from (no tracing code), `off` is this code with no "
+            "`*_OTLP_ENDPOINT` (the default), `on` has both processes exporting every span over OTLP/HTTP. Command:",
+            "",
+            "    .venv/bin/python -m bench.tracing_cost --save   (6 rounds of 3 s per point, about 7 minutes)",
+        ],
+    )
 
 
 def main() -> None:
@@ -305,7 +303,7 @@ def main() -> None:
     text += f"\n| **added per call, in all** | **{added:.2f}** |\n"
     print(text)
     if args.save:
-        FIGURES.write_text(text + "\n")
+        saved_figures.save(FIGURES, text)
         print(f"wrote {FIGURES.relative_to(ROOT)}", file=sys.stderr)
 
 

@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench import baseline
+from bench import baseline, saved_figures
 from bench.loadgen import LoadResult, ensure_wrk, process_cpu_seconds, run_wrk
 from bench.stack import legacy_call, legacy_session, modern_call
 from tests.procs import Proc, gateway_proc, http_json, running, sidecar_proc, wait_for
@@ -256,7 +256,7 @@ def main() -> None:
     print(text)
     if args.save:
         command = f".venv/bin/python -m bench.workers --workers {args.workers} --runs {args.runs}"
-        FIGURES.write_text(f"Command: `{command}`\n\n{text}\n")
+        saved_figures.save(FIGURES, text, command)
 
 
 if __name__ == "__main__":
@@ -265,21 +265,18 @@ if __name__ == "__main__":
 
 def saved_section() -> list[str]:
     """docs/benchmarks.md's section on gateway workers, from the last ``--save`` (a separate run)."""
-    if not FIGURES.is_file():
-        return []
-    return [
+    return saved_figures.section(
+        FIGURES,
         "## Gateway workers: one port, several processes",
-        "",
-        "`GATEWAY_WORKERS=2` against one gateway process, both bridged to the same sidecar, alternating run by "
-        "run (`bench/workers.py`). The target is REST `echo` at 64 clients with 2 workers at least 1.4x one "
-        "process. A gateway process tops out at one core; two can use both cores of this machine only when "
-        "nothing else needs them, so every run says how many cores other processes took meanwhile, and the "
-        "`quiet runs` column keeps the runs where they took less than a quarter of a core. P2P calls cannot gain "
-        "on two cores: each needs the gateway's and the sidecar's CPU (the last two columns, about half a "
-        "millisecond in all), and with one gateway process the sidecar already runs on the second core; on "
-        "larger machines they scale until the sidecar's one core is full (the model after the table). The "
-        "handshake-era row relays half its requests on purpose (every connection takes every session in turn).",
-        "",
-        FIGURES.read_text().strip(),
-        "",
-    ]
+        [
+            "`GATEWAY_WORKERS=2` against one gateway process, both bridged to the same sidecar, alternating run by "
+            "run (`bench/workers.py`). The target is REST `echo` at 64 clients with 2 workers at least 1.4x one "
+            "process. A gateway process tops out at one core; two can use both cores of this machine only when "
+            "nothing else needs them, so every run says how many cores other processes took meanwhile, and the "
+            "`quiet runs` column keeps the runs where they took less than a quarter of a core. P2P calls cannot gain "
+            "on two cores: each needs the gateway's and the sidecar's CPU (the last two columns, about half a "
+            "millisecond in all), and with one gateway process the sidecar already runs on the second core; on "
+            "larger machines they scale until the sidecar's one core is full (the model after the table). The "
+            "handshake-era row relays half its requests on purpose (every connection takes every session in turn).",
+        ],
+    )

@@ -32,6 +32,7 @@ import msgpack
 import zmq
 import zmq.asyncio
 
+from bench import saved_figures
 from gateway.zmq_asyncio import AsyncioZmqSocket
 from tests.procs import free_port
 
@@ -184,19 +185,16 @@ def table(results: list[dict[str, Any]]) -> str:
 
 def saved_section() -> list[str]:
     """docs/benchmarks.md's section on the asyncio adapter, from the last ``--save`` (a separate run, seconds)."""
-    if not FIGURES.is_file():
-        return []
-    return [
+    return saved_figures.section(
+        FIGURES,
         "## The gateway's ZeroMQ adapter: reader callbacks vs zmq.asyncio",
-        "",
-        "The same DEALER client written both ways in one process (a dict of futures by call id, msgpack frames), "
-        "against one echo ROUTER process, runs alternating. CPU is the client process's, per call. Command:",
-        "",
-        f"    {SAVE_COMMAND}",
-        "",
-        FIGURES.read_text().strip(),
-        "",
-    ]
+        [
+            "The same DEALER client written both ways in one process (a dict of futures by call id, msgpack frames), "
+            "against one echo ROUTER process, runs alternating. CPU is the client process's, per call. Command:",
+            "",
+            f"    {SAVE_COMMAND}",
+        ],
+    )
 
 
 def report(result: dict[str, Any]) -> str:
@@ -226,7 +224,7 @@ def main() -> None:
         results = [run(calls=20_000, in_flight=64, repeats=5), run(calls=5_000, in_flight=1, repeats=5)]
         for result in results:
             print(report(result))
-        FIGURES.write_text(table(results) + "\n")
+        saved_figures.save(FIGURES, table(results))
         print(f"saved to {FIGURES.relative_to(ROOT)}")
         return
     result = run(calls=args.calls, in_flight=args.in_flight, repeats=args.repeats)
