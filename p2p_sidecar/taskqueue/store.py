@@ -331,10 +331,7 @@ class TaskStore:
         if self._depth:
             return True  # inside a caller's transaction its own changes are not counted yet: ask the table
         wanted = set(types)
-        return any(
-            count > 0 and task_type in wanted and Placement.from_column(placement).admits(peer)
-            for (task_type, placement), count in self._ready.items()
-        )
+        return any(task_type in wanted and placement.admits(peer) for task_type, placement in self.claimable())
 
     def claimable(self) -> dict[tuple[str, Placement], int]:
         """Queued tasks claimable now, by (type, placement); backed-off retries are not counted until due."""
